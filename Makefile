@@ -1,0 +1,64 @@
+# ssi-boot: `make help` lists the targets. `make demo` and `make test` install what they need.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+CACHE ?= $(CURDIR)/.cache
+export SSI_CACHE := $(CACHE)
+
+# Debian packages the tools and the tests use (real servers, QEMU, filesystems).
+APT_PACKAGES := python3-venv python3-dev gcc qemu-system-x86 qemu-utils ipxe-qemu \
+	isc-dhcp-server kea-dhcp4-server dnsmasq-base tftpd-hpa tftp-hpa busybox-static \
+	isc-dhcp-client cpio zstd dosfstools mtools e2fsprogs xfsprogs extlinux syslinux-common \
+	pxelinux openssh-server openssh-client iproute2 fdisk kmod binutils
+
+.PHONY: help deps venv kernel lint test unit integration vm demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+deps: $(CACHE)/apt.stamp ## install the Debian packages (root; skipped when all are present)
+$(CACHE)/apt.stamp: Makefile
+	@mkdir -p $(CACHE)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install:" $$missing >&2; exit 1; fi; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.stamp ## the virtualenv with ssi-boot and its dev tools
+$(VENV)/.stamp: pyproject.toml $(CACHE)/apt.stamp
+	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+kernel: venv ## fetch (once) the Debian kernel the VM tests boot
+	$(PY) -m vm_tests.kernel
+
+lint: venv ## ruff and mypy --strict
+	$(VENV)/bin/ruff check linuxrc_agent mkinitrd_ssi tests vm_tests bench
+	$(VENV)/bin/mypy
+
+test: deps venv kernel lint ## every tier; a skip is a failure (SSI_REQUIRE_ALL=1)
+	SSI_REQUIRE_ALL=$${SSI_REQUIRE_ALL:-1} $(VENV)/bin/pytest -q
+
+unit: venv ## unit tests only (no root)
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: deps venv ## root: network namespaces and real DHCP servers
+	$(VENV)/bin/pytest -q tests/integration
+
+vm: deps venv kernel ## QEMU boots of the real kernel with our ramdisk
+	$(VENV)/bin/pytest -q vm_tests
+
+demo: deps venv kernel ## build the ramdisk and boot a small demo cluster under QEMU
+	$(PY) -m vm_tests.demo
+
+bench: deps venv kernel ## benchmarks; figures go in the README
+	$(PY) bench/bench_mkdhcpd.py
+
+clean: ## remove the virtualenv and caches (kernel included)
+	rm -rf $(VENV) $(CACHE) *.egg-info

@@ -1,0 +1,102 @@
+"""mkdhcpd.ssi: the DHCP server's configuration from the node table."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mkinitrd_ssi import cli
+from mkinitrd_ssi.atomic import replace_if_changed, unified_diff
+from mkinitrd_ssi.dhcp import BootFiles, Format, backend
+from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.run import log, run
+
+PROG = "mkdhcpd.ssi"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.common_parser(PROG, "Write the DHCP server configuration for every node "
+                               "in the node table: the proto verbatim, then one "
+                               "reservation per NIC.")
+    parser.add_argument("--format", type=Format, choices=list(Format), default=Format.ISC,
+                        metavar="{isc,kea,dnsmasq}", help="DHCP server (default: isc)")
+    parser.add_argument("--proto", type=Path, metavar="FILE",
+                        help="hand-written part (default: ROOT/etc/dhcpd.proto for isc)")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help="generated file (default: ROOT/etc/dhcpd.conf for isc)")
+    parser.add_argument("--next-server", metavar="ADDR",
+                        help="TFTP server for the boot files (default: as the proto sets it)")
+    parser.add_argument("--pxe-file", default=BootFiles.pxe_file, metavar="FILE",
+                        help="boot file for plain PXE ROMs (default: %(default)s)")
+    parser.add_argument("--ipxe-script", default=BootFiles.ipxe_script, metavar="FILE",
+                        help="script handed to iPXE clients (default: %(default)s)")
+    parser.add_argument("--no-check", action="store_true",
+                        help="do not run the server's own config checker")
+    return parser
+
+
+def _validate(argv: list[str], fmt: Format) -> None:
+    if shutil.which(argv[0]) is None:
+        log.info("%s not installed: generated %s config not checked by the server", argv[0],
+                 fmt.value)
+        return
+    result = run(argv, check=False, capture=True)
+    if result.returncode != 0:
+        text = (result.stdout + result.stderr).decode(errors="replace").strip()
+        detail = [line for line in text.splitlines() if line.strip()][-3:]
+        raise SsiError(f"{argv[0]} rejected the generated config; old file kept: "
+                       + " | ".join(detail),
+                       hint="check the proto for syntax errors")
+
+
+def generate(args: argparse.Namespace) -> int:
+    root = cli.Root(args.root)
+    back = backend(args.format)
+    table = cli.load_ssitab(cli.ssitab_path(args))
+    proto_path = args.proto or root(back.proto)
+    try:
+        proto = proto_path.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        if args.proto is not None:
+            raise SsiError(f"{proto_path}: no such file") from None
+        log.warning("%s not found: starting from an empty proto", proto_path)
+        proto = ""
+    except OSError as e:
+        raise SsiError(f"{proto_path}: {e.strerror}") from None
+    for warning in back.warnings(proto):
+        log.warning("warning: %s", warning)
+    boot = BootFiles(args.pxe_file, args.ipxe_script, args.next_server)
+    for name in (boot.pxe_file, boot.ipxe_script):
+        if not name or any(c in name for c in '"\\;,\n\r\t ') or not name.isprintable():
+            raise SsiError(f"bad boot file name {name!r}", hint="use a plain relative path")
+    content = back.render(proto, table, boot).encode("utf-8", errors="surrogateescape")
+    output: Path = args.output or root(back.output)
+    log.info("%d node(s) from %s -> %s (%s)", len(table), table.path, output, back.format.value)
+
+    def validate(path: Path) -> None:
+        if not args.no_check:
+            _validate(back.check(str(path)), back.format)
+
+    if args.dry_run:
+        try:
+            old = output.read_bytes()
+        except FileNotFoundError:
+            old = None
+        if old == content:
+            print(f"{output}: unchanged")
+        else:
+            sys.stdout.write(unified_diff(old, content, output))
+        return 0
+    changed = replace_if_changed(output, content, validate=validate)
+    print(f"{output}: {'written' if changed else 'unchanged'} ({len(table)} nodes)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run_main(PROG, build_parser(), generate, argv)
+
+
+entry = cli.entry_point(main)
