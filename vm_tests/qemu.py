@@ -1,0 +1,163 @@
+"""QEMU nodes for the boot tests: TCG only (KVM guests hang on this machine).
+
+A Vm's serial console goes to a log file, which the tests read to decide by
+markers the guest prints, never by sleeping. Every Vm is killed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Printed by the shared root's test init (see images.py) and by the agent.
+INIT_MARKER = "SSI-INIT-REACHED"
+ENV_BEGIN = "SSI-NODE-ENV-BEGIN"
+ENV_END = "SSI-NODE-ENV-END"
+
+
+class BootTimeout(AssertionError):
+    pass
+
+
+@dataclass
+class Disk:
+    path: Path
+    interface: str = "virtio"
+    fmt: str = "raw"
+    extra: str = ""  # e.g. ",readonly=on" or a blkdebug spec
+
+    def arg(self) -> str:
+        return f"file={self.path},format={self.fmt},if={self.interface}{self.extra}"
+
+
+@dataclass
+class Nic:
+    mac: str
+    netdev: str = "user"  # "user", or "tap,ifname=TAP,script=no,downscript=no"
+    model: str = "virtio-net-pci"
+
+
+@dataclass
+class VmConfig:
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = ""
+    disks: list[Disk] = field(default_factory=list)
+    nics: list[Nic] = field(default_factory=list)
+    memory_mb: int = 1024
+    netboot: bool = False  # -boot n: the NIC's iPXE ROM
+    netns: str | None = None  # run QEMU inside this network namespace (tap devices)
+    extra: list[str] = field(default_factory=list)
+
+    def argv(self, log: Path) -> list[str]:
+        argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory_mb),
+                "-nodefaults", "-display", "none", "-no-reboot",
+                "-serial", f"file:{log}", "-monitor", "none"]
+        if self.kernel is not None:
+            argv += ["-kernel", str(self.kernel)]
+            if self.initrd is not None:
+                argv += ["-initrd", str(self.initrd)]
+            argv += ["-append", self.append]
+        for disk in self.disks:
+            argv += ["-drive", disk.arg()]
+        if not self.nics:
+            argv += ["-nic", "none"]
+        for i, nic in enumerate(self.nics):
+            argv += ["-netdev", f"{nic.netdev},id=n{i}",
+                     "-device", f"{nic.model},netdev=n{i},mac={nic.mac}"
+                     + ("" if self.netboot and i == 0 else ",romfile=")]
+        if self.netboot:
+            argv += ["-boot", "n"]
+        argv += self.extra
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        return argv
+
+
+class Vm:
+    """A running QEMU; use as a context manager so it is always killed."""
+
+    def __init__(self, config: VmConfig, log: Path) -> None:
+        self.config = config
+        self.log = log
+        log.write_bytes(b"")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(config.argv(log), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+
+    def __enter__(self) -> Vm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def output(self) -> str:
+        return self.log.read_bytes().decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 120.0) -> re.Match[str]:
+        """Wait until the console shows `pattern` (a regex); fail with the console tail."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.output()
+            match = regex.search(text)
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise BootTimeout(f"QEMU exited ({self.proc.returncode}) before {pattern!r}\n"
+                                  f"{err}\n--- console ---\n{text[-4000:]}")
+            if time.monotonic() > deadline:
+                raise BootTimeout(f"no {pattern!r} within {timeout} s\n--- console ---\n"
+                                  f"{text[-4000:]}")
+            time.sleep(0.1)
+
+    def wait_exit(self, timeout: float = 120.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise BootTimeout(f"QEMU still running after {timeout} s\n--- console ---\n"
+                              f"{self.output()[-4000:]}") from None
+
+    def node_env(self, timeout: float = 120.0) -> dict[str, str]:
+        """The /run/ssi/node.env the shared root's test init printed."""
+        match = self.wait_for(f"{ENV_BEGIN}\\r?\\n(.*?){ENV_END}", timeout)
+        return parse_env(match.group(1))
+
+
+def parse_env(text: str) -> dict[str, str]:
+    import shlex
+
+    env: dict[str, str] = {}
+    for line in text.replace("\r", "").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.isidentifier():
+            words = shlex.split(value) if value else [""]
+            env[key] = words[0] if words else ""
+    return env
+
+
+@contextlib.contextmanager
+def boot(config: VmConfig, log: Path) -> Iterator[Vm]:
+    with Vm(config, log) as vm:
+        yield vm
+
+
+def console_args(extra: Sequence[str] = ()) -> str:
+    return " ".join(["console=ttyS0", "panic=-1", "quiet", *extra])
