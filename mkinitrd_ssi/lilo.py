@@ -66,8 +66,8 @@ def _default_initrd(root: cli.Root, dry_run: bool) -> Path:
     """ROOT/boot/initrd.img, replaced first by a newer mkinitrd.ssi build."""
     default, built = root("/boot/initrd.img"), root(BUILT_INITRD)
     if built.is_file() and (not default.is_file()
-                            or built.stat().st_mtime > default.stat().st_mtime
-                            and built.read_bytes() != default.read_bytes()):
+                            or (built.stat().st_mtime > default.stat().st_mtime
+                            and built.read_bytes() != default.read_bytes())):
         print(f"installing {built} as the default ramdisk {default}")
         if not dry_run:
             with staged_file(default) as tmp:
