@@ -56,10 +56,10 @@ class VmConfig:
     netns: str | None = None  # run QEMU inside this network namespace (tap devices)
     extra: list[str] = field(default_factory=list)
 
-    def argv(self, log: Path) -> list[str]:
+    def argv(self) -> list[str]:
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory_mb),
                 "-nodefaults", "-display", "none", "-no-reboot",
-                "-serial", f"file:{log}", "-monitor", "none"]
+                "-serial", "stdio", "-monitor", "none"]
         if self.kernel is not None:
             argv += ["-kernel", str(self.kernel)]
             if self.initrd is not None:
@@ -87,11 +87,12 @@ class Vm:
     def __init__(self, config: VmConfig, log: Path) -> None:
         self.config = config
         self.log = log
-        log.write_bytes(b"")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(config.argv(log), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+        # The serial console is QEMU's stdio: output straight into the log file,
+        # input from a pipe so a test can type into a rescue shell.
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(config.argv(), stdin=subprocess.PIPE, stdout=out,
+                                         stderr=subprocess.PIPE, start_new_session=True)
 
     def __enter__(self) -> Vm:
         return self
@@ -104,8 +105,16 @@ class Vm:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        for stream in (self.proc.stdin, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def send(self, text: str) -> None:
+        """Type into the serial console (e.g. a command for the rescue shell)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
 
     def output(self) -> str:
         return self.log.read_bytes().decode(errors="replace")
