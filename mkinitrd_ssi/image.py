@@ -1,0 +1,238 @@
+"""The ramdisk image: the archive cut into segments, each compressed once and cached.
+
+The kernel unpacks an initramfs made of several cpio archives laid end to end,
+each compressed on its own (Documentation/driver-api/early-userspace/
+buffer-format.rst; Debian's early-microcode images rely on it). Cutting the
+tree into a few segments along its top directories lets a rebuild after an
+ssitab edit recompress only the small segment holding /etc, and reuse the
+others (the frozen agent, the libraries, the modules) from a cache keyed by
+their exact bytes, so zstd can run at its strongest level and a rebuild still
+takes well under a second. Every segment is a complete archive with its own
+trailer, since the kernel forgets hard links at a trailer and refuses a
+compressed member that stops mid-archive. Inode numbers restart in every
+segment so that one segment's bytes do not depend on another's contents.
+
+`--compress none` writes one single archive, for tools that read only the first.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import io
+import os
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import xxhash
+import zstandard
+
+from mkinitrd_ssi import cpio
+from mkinitrd_ssi.atomic import staged_file
+from mkinitrd_ssi.cpio import Entry, Member
+from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.run import log
+
+
+class Compression(enum.StrEnum):
+    ZSTD = "zstd"
+    GZIP = "gzip"
+    NONE = "none"
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+# 19 is zstd's strongest level whose window (8 MB) the kernel's decompressor accepts;
+# the segment cache makes its cost a one-off.
+ZSTD_LEVEL = 19
+GZIP_LEVEL = 9
+
+# A top directory holding less than this joins its neighbours in one segment: fewer
+# frames, and a segment is only worth caching when it is costly to compress.
+SEGMENT_MIN = 1 << 20
+# zstd's parallel jobs: fixed, so the output does not depend on the core count.
+ZSTD_JOB = 1 << 21
+CACHE_MAX_AGE = 14 * 86400
+_FORMAT = b"ssi-image-1"
+
+
+def _key(path: str) -> str:
+    """Segment key: the first two path components ("lib/modules", "ssi/agent")."""
+    parts = path.split("/")
+    return "/".join(parts[:2]) if len(parts) > 2 else parts[0]
+
+
+def segments(entries: Iterable[Entry]) -> list[list[Entry]]:
+    """Cut the tree, in path order, into runs of whole keys; small keys share a run."""
+    ordered = sorted(entries, key=lambda e: os.fsencode(e.path))
+    by_key: list[tuple[str, list[Entry], int]] = []
+    for e in ordered:
+        k = _key(e.path)
+        if not by_key or by_key[-1][0] != k:
+            by_key.append((k, [], 0))
+        key, members, size = by_key[-1]
+        members.append(e)
+        by_key[-1] = (key, members, size + e.size)
+    out: list[list[Entry]] = []
+    small: list[Entry] = []
+    for _, members, size in by_key:
+        if size < SEGMENT_MIN:
+            small += members
+            continue
+        if small:
+            out.append(small)
+            small = []
+        out.append(members)
+    if small:
+        out.append(small)
+    return out
+
+
+def compress(raw: bytes, how: Compression) -> bytes:
+    if how is Compression.NONE:
+        return raw
+    if how is Compression.GZIP:
+        # mtime=0 and no file name in the header: the same input, the same bytes.
+        buf = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=GZIP_LEVEL,
+                           mtime=0) as gz:
+            gz.write(raw)
+        return buf.getvalue()
+    # With a fixed job size zstd's output is the same for any worker count >= 1 (0
+    # differs), so the image does not depend on the build host's cores.
+    params = zstandard.ZstdCompressionParameters.from_level(
+        ZSTD_LEVEL, threads=max(1, os.cpu_count() or 1), job_size=ZSTD_JOB,
+        write_checksum=1, write_content_size=1)
+    return zstandard.ZstdCompressor(compression_params=params).compress(raw)
+
+
+class SegmentCache:
+    """Compressed segments on disk, named by a hash of their uncompressed bytes."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, raw: bytes, how: Compression) -> Path | None:
+        if self.directory is None:
+            return None
+        h = xxhash.xxh3_128(_FORMAT)
+        h.update(f"{how}:{ZSTD_LEVEL}:{GZIP_LEVEL}:{ZSTD_JOB}".encode())
+        h.update(raw)
+        return self.directory / f"{h.hexdigest()}.{how}"
+
+    def get(self, raw: bytes, how: Compression) -> bytes | None:
+        path = self._path(raw, how)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+            os.utime(path)  # marks it in use, for prune()
+        except OSError:
+            return None
+        self.hits += 1
+        return data
+
+    def put(self, raw: bytes, how: Compression, data: bytes) -> None:
+        self.misses += 1
+        path = self._path(raw, how)
+        if path is None:
+            return
+        try:
+            with staged_file(path) as tmp:
+                tmp.write_bytes(data)
+        except OSError as e:
+            log.info("cannot cache a compressed segment in %s: %s", path.parent, e.strerror)
+
+    def prune(self) -> None:
+        if self.directory is None or not self.directory.is_dir():
+            return
+        limit = time.time() - CACHE_MAX_AGE
+        for path in self.directory.iterdir():
+            try:
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+            except OSError:
+                pass
+
+
+def build(entries: Sequence[Entry], how: Compression, epoch: int,
+          cache: SegmentCache | None = None) -> bytes:
+    """The whole image: one archive for none, compressed cached segments otherwise."""
+    if how is Compression.NONE:
+        buf = io.BytesIO()
+        cpio.write_newc(entries, buf, epoch)
+        return buf.getvalue()
+    cache = cache or SegmentCache(None)
+    raws: list[bytes] = []
+    for seg in segments(entries):
+        buf = io.BytesIO()
+        cpio.write_newc(seg, buf, epoch)
+        raws.append(buf.getvalue())
+    found = [cache.get(raw, how) for raw in raws]
+    todo = [i for i, data in enumerate(found) if data is None]
+    # zstd and zlib release the GIL: the segments compress side by side.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
+        for i, data in zip(todo, pool.map(lambda i: compress(raws[i], how), todo), strict=True):
+            cache.put(raws[i], how, data)
+            found[i] = data
+    log.info("image: %d segment(s), %d from cache, %d compressed (%s)", len(raws),
+             len(raws) - len(todo), len(todo), how)
+    return b"".join(d for d in found if d is not None)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def detect(data: bytes) -> Compression | None:
+    if data.startswith(ZSTD_MAGIC):
+        return Compression.ZSTD
+    if data.startswith(GZIP_MAGIC):
+        return Compression.GZIP
+    if data.startswith(cpio.MAGIC[:5]):
+        return Compression.NONE
+    return None
+
+
+def _decompress_one(data: bytes, how: Compression) -> tuple[bytes, bytes]:
+    """Decompress the first zstd frame or gzip member of data; return (output, the rest)."""
+    try:
+        if how is Compression.GZIP:
+            d = zlib.decompressobj(wbits=31)
+            return d.decompress(data), d.unused_data
+        dz = zstandard.ZstdDecompressor().decompressobj()
+        return dz.decompress(data), dz.unused_data
+    except (zlib.error, zstandard.ZstdError) as e:
+        raise SsiError(f"corrupt {how} data in the image: {e}") from None
+
+
+def read_image(data: bytes) -> list[Member]:
+    """Every member of an image made of archives laid end to end, each raw, gzip or
+    zstd, as the kernel takes them (an uncompressed microcode archive first, say)."""
+    members: list[Member] = []
+    rest = data
+    while rest:
+        stripped = rest.lstrip(b"\0")
+        if not stripped:
+            break
+        how = detect(stripped)
+        if how is None:
+            raise SsiError(f"unknown data at byte {len(data) - len(stripped)} of the image",
+                           hint="not a ramdisk, or compressed in a way mkinitrd.ssi does not read")
+        if how is Compression.NONE:
+            part, end = cpio.read_archive(stripped)
+            members += part
+            rest = stripped[end:]
+            continue
+        raw, rest = _decompress_one(stripped, how)
+        pos = 0
+        while pos < len(raw):
+            part, pos = cpio.read_archive(raw, pos)
+            members += part
+            while pos < len(raw) and raw[pos] == 0:
+                pos += 1
+    return members
