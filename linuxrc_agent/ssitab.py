@@ -171,8 +171,15 @@ def _parse_ipv4(text: str) -> int | None:
 
 
 def is_valid_hostname(name: str) -> bool:
-    """RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens."""
-    return 0 < len(name) <= 253 and all(_LABEL_RE.fullmatch(label) for label in name.split("."))
+    """RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+
+    The last label must not be all digits (RFC 3696 section 2): "10.0.0.5"
+    would read as an address in DHCP and DNS configurations.
+    """
+    if not 0 < len(name) <= 253:
+        return False
+    labels = name.split(".")
+    return all(_LABEL_RE.fullmatch(label) for label in labels) and not labels[-1].isdigit()
 
 
 def parse_bootdev(text: str) -> BootDev | None:
@@ -231,7 +238,7 @@ def _fast_fields(text: str) -> _FastFields | None:
     number = int(num)
     if hostname is None:
         hostname = f"node{number}"
-    elif len(hostname) > 253:
+    elif len(hostname) > 253 or hostname.rpartition(".")[2].isdigit():
         return None
     return number, addr, prefix, macs, local, bootdev, hostname
 
@@ -477,7 +484,8 @@ class _Parser:
                     ok = False
                 elif key == "hostname" and not is_valid_hostname(value):
                     self.error(lineno, here, f"bad hostname '{value}'; expected RFC 1123 "
-                               "labels of letters, digits and inner hyphens, e.g. n3")
+                               "labels of letters, digits and inner hyphens, the last "
+                               "one not all digits, e.g. n3")
                     ok = False
                 else:
                     options[key] = (here + len(key) + 1, value)

@@ -47,8 +47,8 @@ def load_ssitab(path: Path) -> Ssitab:
     try:
         return load(str(path))
     except FileNotFoundError:
-        raise SsiError(f"{path}: no such file",
-                       hint="create the node table (see README: ssitab) or pass --ssitab FILE") from None
+        raise SsiError(f"{path}: no such file", hint="create the node table "
+                       "(see README: ssitab) or pass --ssitab FILE") from None
     except OSError as e:
         raise SsiError(f"{path}: {e.strerror}") from None
 

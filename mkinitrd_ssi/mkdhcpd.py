@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import shutil
 import sys
 from collections.abc import Sequence
@@ -27,15 +28,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hand-written part (default: ROOT/etc/dhcpd.proto for isc)")
     parser.add_argument("-o", "--output", type=Path, metavar="FILE",
                         help="generated file (default: ROOT/etc/dhcpd.conf for isc)")
-    parser.add_argument("--next-server", metavar="ADDR",
+    parser.add_argument("--next-server", type=_ipv4, metavar="ADDR",
                         help="TFTP server for the boot files (default: as the proto sets it)")
-    parser.add_argument("--pxe-file", default=BootFiles.pxe_file, metavar="FILE",
+    parser.add_argument("--pxe-file", type=_boot_file, default=BootFiles.pxe_file, metavar="FILE",
                         help="boot file for plain PXE ROMs (default: %(default)s)")
-    parser.add_argument("--ipxe-script", default=BootFiles.ipxe_script, metavar="FILE",
+    parser.add_argument("--ipxe-script", type=_boot_file, default=BootFiles.ipxe_script,
+                        metavar="FILE",
                         help="script handed to iPXE clients (default: %(default)s)")
     parser.add_argument("--no-check", action="store_true",
                         help="do not run the server's own config checker")
     return parser
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IPv4 address: {text!r}") from None
+
+
+def _boot_file(text: str) -> str:
+    # The name lands inside a quoted ISC string and a comma-separated dnsmasq
+    # option: nothing that could end either.
+    if not text or not text.isprintable() or any(c in text for c in '"\\;,# '):
+        raise argparse.ArgumentTypeError(f"not a plain file name: {text!r}")
+    return text
 
 
 def _validate(argv: list[str], fmt: Format) -> None:
@@ -50,6 +67,7 @@ def _validate(argv: list[str], fmt: Format) -> None:
         raise SsiError(f"{argv[0]} rejected the generated config; old file kept: "
                        + " | ".join(detail),
                        hint="check the proto for syntax errors")
+    log.info("%s accepts the generated config", argv[0])
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -69,9 +87,6 @@ def generate(args: argparse.Namespace) -> int:
     for warning in back.warnings(proto):
         log.warning("warning: %s", warning)
     boot = BootFiles(args.pxe_file, args.ipxe_script, args.next_server)
-    for name in (boot.pxe_file, boot.ipxe_script):
-        if not name or any(c in name for c in '"\\;,\n\r\t ') or not name.isprintable():
-            raise SsiError(f"bad boot file name {name!r}", hint="use a plain relative path")
     content = back.render(proto, table, boot).encode("utf-8", errors="surrogateescape")
     output: Path = args.output or root(back.output)
     log.info("%d node(s) from %s -> %s (%s)", len(table), table.path, output, back.format.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from typing import Any
 
 from linuxrc_agent.ssitab import Ssitab
@@ -12,10 +13,22 @@ from mkinitrd_ssi.errors import SsiError
 
 IPXE_CLASS = "ssi-ipxe"
 
+# Kea's parser allows #, // and /* */ comments, and Debian's stock
+# kea-dhcp4.conf is full of them: a proto copied from it must load too.
+_STRING_OR_COMMENT = re.compile(r'"(?:[^"\\]|\\.)*"|(?://|#)[^\n]*|/\*.*?\*/', re.DOTALL)
+
+
+def strip_comments(text: str) -> str:
+    """Kea JSON without comments; each comment becomes spaces so error positions hold."""
+    def blank(m: re.Match[str]) -> str:
+        token = m.group()
+        return token if token[0] == '"' else re.sub(r"[^\n]", " ", token)
+    return _STRING_OR_COMMENT.sub(blank, text)
+
 
 def _load_proto(proto: str) -> dict[str, Any]:
     try:
-        doc = json.loads(proto) if proto.strip() else {}
+        doc = json.loads(strip_comments(proto)) if proto.strip() else {}
     except json.JSONDecodeError as e:
         raise SsiError(f"Kea proto is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}",
                        hint="the proto must be a Kea config object: {\"Dhcp4\": {...}}") from None
@@ -24,44 +37,57 @@ def _load_proto(proto: str) -> dict[str, Any]:
     return doc
 
 
+def _subnets(dhcp4: dict[str, Any]) -> list[tuple[ipaddress.IPv4Network, dict[str, Any]]]:
+    entries = dhcp4.setdefault("subnet4", [])
+    if not isinstance(entries, list):
+        raise SsiError("Kea proto: \"subnet4\" must be a list")
+    subnets = []
+    for entry in entries:
+        try:
+            net = ipaddress.IPv4Network(entry["subnet"], strict=False)
+        except (KeyError, TypeError, ValueError):
+            raise SsiError(f"Kea proto: subnet4 entry without a valid \"subnet\": {entry!r}") \
+                from None
+        if not isinstance(entry.setdefault("reservations", []), list):
+            raise SsiError(f"Kea proto: \"reservations\" of subnet {net} must be a list")
+        subnets.append((net, entry))
+    # Most specific first: a node goes to the narrowest subnet holding its address.
+    subnets.sort(key=lambda s: -s[0].prefixlen)
+    return subnets
+
+
 def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
     doc = _load_proto(proto)
     dhcp4 = doc["Dhcp4"]
-    subnets = dhcp4.setdefault("subnet4", [])
-    nets = []
-    for subnet in subnets:
-        try:
-            nets.append(ipaddress.IPv4Network(subnet["subnet"], strict=False))
-        except (KeyError, TypeError, ValueError):
-            raise SsiError(f"Kea proto: subnet4 entry without a valid \"subnet\": {subnet!r}") \
-                from None
+    subnets = _subnets(dhcp4)
     # A node with several NICs has one address: allow it in several reservations.
     dhcp4["ip-reservations-unique"] = False
-    classes = [c for c in dhcp4.get("client-classes", []) if c.get("name") != IPXE_CLASS]
+    classes = dhcp4.get("client-classes", [])
+    if not isinstance(classes, list):
+        raise SsiError("Kea proto: \"client-classes\" must be a list")
+    classes = [c for c in classes if not (isinstance(c, dict) and c.get("name") == IPXE_CLASS)]
     classes.append({"name": IPXE_CLASS, "test": "option[77].hex == 'iPXE'",
                     "boot-file-name": boot.ipxe_script})
     dhcp4["client-classes"] = classes
-    for subnet in subnets:
-        subnet.setdefault("reservations", [])
-    cache: dict[str, int] = {}
+    served: set[int] = set()
     for node in table:
-        index = cache.get(node.network)
-        if index is None:
-            net = ipaddress.IPv4Network(node.network, strict=False)
-            matches = [i for i, n in enumerate(nets) if net.subnet_of(n) or n.subnet_of(net)]
-            if not matches:
-                raise SsiError(f"{table.path}:{node.line}: node {node.number}'s address "
-                               f"{node.ip} is in no subnet4 of the Kea proto",
-                               hint=f"add a subnet4 entry for {node.network} to the proto")
-            index = cache[node.network] = matches[0]
+        address = ipaddress.IPv4Address(node.ip)
+        entry = next((e for net, e in subnets if address in net), None)
+        if entry is None:
+            raise SsiError(f"{table.path}:{node.line}: node {node.number}'s address "
+                           f"{node.ip} is in no subnet4 of the Kea proto",
+                           hint=f"add a subnet4 entry for {node.network} to the proto")
+        if id(entry) not in served:
+            served.add(id(entry))
             # Boot settings at subnet level: a class (iPXE) may override them there,
             # whereas a reservation's own boot-file-name would win over the class.
-            subnets[index]["boot-file-name"] = boot.pxe_file
+            entry["boot-file-name"] = boot.pxe_file
             if boot.next_server:
-                subnets[index]["next-server"] = boot.next_server
+                entry["next-server"] = boot.next_server
+        reservations = entry["reservations"]
         for mac in node.macs:
-            subnets[index]["reservations"].append(
-                {"hw-address": mac, "ip-address": node.ip, "hostname": node.hostname})
+            reservations.append({"hw-address": mac, "ip-address": node.ip,
+                                 "hostname": node.hostname})
     return json.dumps(doc, indent=2) + "\n"
 
 
@@ -71,11 +97,13 @@ def check(path: str) -> list[str]:
 
 def warnings(proto: str) -> list[str]:
     try:
-        doc = json.loads(proto) if proto.strip() else {}
+        doc = json.loads(strip_comments(proto)) if proto.strip() else {}
     except json.JSONDecodeError:
-        return []
-    subnets = doc.get("Dhcp4", {}).get("subnet4", []) if isinstance(doc, dict) else []
-    if any(isinstance(s, dict) and s.get("pools") for s in subnets):
+        return []  # render() reports it, with its position
+    dhcp4 = doc.get("Dhcp4") if isinstance(doc, dict) else None
+    subnets = dhcp4.get("subnet4", []) if isinstance(dhcp4, dict) else []
+    if isinstance(subnets, list) and any(isinstance(s, dict) and s.get("pools")
+                                         for s in subnets):
         return ["a subnet4 in the Kea proto has pools: unknown MACs get leases from them; "
                 "drop the pools so only reserved nodes are served"]
     return []
