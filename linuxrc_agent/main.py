@@ -1,0 +1,382 @@
+"""The boot, as PID 1 of the ramdisk: a fixed sequence of stages, each one function.
+
+    MOUNT_API    /proc /sys /dev /run, console on stdio
+    CMDLINE      /proc/cmdline -> Cmdline (debug, breaks, timeout, root=)
+    MODULES      the carried kernel modules the present devices need
+    DEVICES      /dev nodes from /proc/partitions; wait for the root= device
+    IDENTITY     which ssitab node this is                       (issue 4: stub)
+    NETWORK      its NIC up with its address                     (issue 4: stub)
+    ROOT         mount the shared root on /newroot, check init is there
+    SYNC         local boot partition == shared root's default?  (issue 4: stub)
+    NODE_ENV     /run/ssi/node.env
+    SWITCH_ROOT  exec init in the shared root
+
+`ssi.break=STAGE` opens the rescue shell before STAGE and goes on when it
+exits. A stage that fails prints what failed and what to check, then opens
+the rescue shell and retries the stage when the shell exits (the admin may
+have fixed it); without a shell the node reboots after a delay. PID 1 never
+returns and never exits: that would be a kernel panic.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import NoReturn
+
+from linuxrc_agent import cmdline as cmdline_mod
+from linuxrc_agent import console, modules, mounts, nodeenv, partitions, proc, rescue
+from linuxrc_agent.cmdline import Cmdline
+from linuxrc_agent.nodeenv import NodeEnv
+from linuxrc_agent.partitions import Probed, Scanner
+from linuxrc_agent.switch_root import check_init, switch_root
+from linuxrc_agent.syscalls import MS_RDONLY, mount
+
+NEWROOT = "/newroot"
+RESCAN_INTERVAL = 1.0  # seconds between modalias rescans while waiting for the root device
+
+
+class Stage(enum.Enum):
+    MOUNT_API = "mount_api"
+    CMDLINE = "cmdline"
+    MODULES = "modules"
+    DEVICES = "devices"
+    IDENTITY = "identity"
+    NETWORK = "network"
+    ROOT = "root"
+    SYNC = "sync"
+    NODE_ENV = "node_env"
+    SWITCH_ROOT = "switch_root"
+
+
+class BootError(Exception):
+    """An expected failure: what failed, and what the admin should check."""
+
+    def __init__(self, what: str, checks: Sequence[str] = ()) -> None:
+        super().__init__(what)
+        self.what = what
+        self.checks = tuple(checks)
+
+
+@dataclass
+class Boot:
+    """What the stages learn, handed from one to the next."""
+
+    cmdline: Cmdline = field(default_factory=Cmdline)
+    loader: modules.Loader | None = None
+    scanner: Scanner = field(default_factory=Scanner)
+    root: Probed | None = None
+    node: NodeEnv = field(default_factory=NodeEnv)
+    kver: str = ""
+    notes: list[str] = field(default_factory=list)  # for the debug log, once debug is known
+
+
+# --- the stages -----------------------------------------------------------------------
+
+
+def mount_api(boot: Boot) -> None:
+    console.ensure_stdio()
+    notes = mounts.mount_api()
+    console.ensure_stdio()  # /dev/console exists now, if it did not in the archive
+    startup = console.refine_start()
+    boot.kver = _read_first_line(modules.KVER_FILE) or os.uname().release
+    console.say(f"ssi-boot agent on kernel {os.uname().release}, "
+                f"{console.uptime():.2f} s after kernel start")
+    boot.notes.extend([*notes, f"python start-up took {startup:.2f} s"])
+
+
+def parse_cmdline(boot: Boot) -> None:
+    boot.cmdline = cmdline_mod.read()
+    console.set_debug(boot.cmdline.debug)
+    for note in boot.notes:
+        console.debug(note)
+    for warning in boot.cmdline.warnings:
+        console.warn(warning)
+    known = {s.value for s in Stage}
+    for name in boot.cmdline.breaks:
+        if name not in known:
+            console.warn(f"ssi.break={name}: no such stage; stages: "
+                         + ", ".join(s.value for s in Stage))
+    console.debug(f"cmdline: {boot.cmdline}")
+
+
+def load_modules(boot: Boot) -> None:
+    c = boot.cmdline
+    order = modules.read_order()
+    params = {m: c.params_for(m) for m, _ in c.modparams}
+    loader = boot.loader = modules.Loader(order, params, c.blacklist)
+    if not order:
+        console.say("modules: the ramdisk carries none")
+        return
+    started = console.elapsed()
+    mode = c.modules
+    if mode == "auto":
+        try:
+            if not modules.devices():
+                raise ValueError("no device in /sys/bus announces a modalias")
+            loader.load_matching()
+        except (OSError, ValueError) as e:
+            console.warn(f"modules: cannot match devices to modules ({e}); loading all")
+            mode = "all"
+    if mode == "all":
+        loader.load_all()
+    report = loader.report
+    report.seconds = console.elapsed() - started
+    console.say(f"modules: loaded {len(report.loaded)} of {len(order)} carried ({mode}) in "
+                f"{report.seconds:.2f} s: {' '.join(report.loaded) or '-'}")
+
+
+def wait_devices(boot: Boot) -> None:
+    c = boot.cmdline
+    boot.scanner = Scanner()
+    if c.root is None:
+        boot.scanner.devices()  # the nodes, for the rescue shell at least
+        raise BootError("no root= on the kernel command line",
+                        ["add root=/dev/NAME, root=LABEL=..., root=UUID=... or root=PARTUUID=... "
+                         "to the kernel arguments (lilo.ssi --cmdline)", *_seen(boot)])
+    spec = partitions.parse_spec(c.root)
+    if spec is None:
+        raise BootError(f"root={c.root}: not a form this agent resolves",
+                        ["expected root=/dev/NAME, LABEL=, UUID= or PARTUUID="])
+    console.debug(f"devices: waiting up to {c.timeout:g} s for {spec}")
+    found = partitions.wait_for(spec, c.timeout, boot.scanner, _rescanner(boot))
+    if found is None:
+        raise BootError(f"root device {spec} not found within {c.timeout:g} s",
+                        [*_seen(boot), *_missing(boot),
+                         f"a slow disk: a longer ssi.timeout= (now {c.timeout:g})"])
+    others = [p for p in boot.scanner.find(spec) if p is not found]
+    if others:
+        console.warn(f"{spec} matches {len(others) + 1} devices; using {found.dev.path}, not "
+                     + ", ".join(p.dev.path for p in others))
+    boot.root = found
+    console.debug(f"devices: root is {found.describe()}")
+
+
+def identify(boot: Boot) -> None:
+    """Which ssitab node this is. Issue 4 fills this in (mac_match.py): read
+    /etc/ssitab, match the local MACs (cmdline.bootif first), and set
+    boot.node's node/ip/prefix/mac/hostname/local_boot; an unknown node is a
+    BootError with the banner of local MACs."""
+    console.debug("identity: not matched yet (node fields stay empty)")
+
+
+def bring_up_network(boot: Boot) -> None:
+    """The node's NIC up with its ssitab address (issue 4): sets boot.node.iface."""
+    console.debug("network: not configured by the agent yet")
+
+
+def mount_root(boot: Boot) -> None:
+    c = boot.cmdline
+    if mounts.is_mountpoint(NEWROOT):
+        console.say(f"root: using what is already mounted on {NEWROOT}")
+    else:
+        _mount_root_device(boot)
+    problem = check_init(NEWROOT, c.init)
+    if problem is not None:
+        raise BootError(problem, [f"the shared root ({c.root}) is the right filesystem",
+                                  "init= names the right program (default /sbin/init)"])
+
+
+def _mount_root_device(boot: Boot) -> None:
+    c = boot.cmdline
+    if boot.root is None:
+        raise BootError("no root device (stage devices did not run?)")
+    dev = boot.root.dev.path
+    fstype = c.rootfstype or (boot.root.fs.fstype if boot.root.fs else None)
+    if fstype is None:
+        raise BootError(f"no filesystem recognised on {dev}",
+                        [f"{dev} is the shared root (the devices seen are listed with "
+                         "ssi.debug)", "rootfstype= names its type if the agent cannot tell"])
+    if fstype not in mounts.supported_filesystems() and boot.loader is not None:
+        try:
+            boot.loader.load_filesystem(fstype)
+        except (OSError, ValueError) as e:
+            console.warn(f"root: cannot load the {fstype} module: {e}")
+    flags, data = mounts.parse_options(c.rootflags, MS_RDONLY if c.readonly else 0)
+    # ext2 and ext3 are often served by the ext4 driver (CONFIG_EXT4_USE_FOR_EXT2).
+    types = [fstype, "ext4"] if fstype in ("ext2", "ext3") else [fstype]
+    error: OSError | None = None
+    for fs in types:
+        try:
+            mount(dev, NEWROOT, fs, flags, data or None)
+        except OSError as e:
+            error = error or e
+            continue
+        mode = "ro" if flags & MS_RDONLY else "rw"
+        console.debug(f"root: mounted {dev} ({fs}, {mode}{',' + data if data else ''}) "
+                      f"on {NEWROOT}")
+        return
+    assert error is not None
+    raise BootError(f"mount {dev} on {NEWROOT} as {fstype} failed: {error.strerror}",
+                    _mount_checks(error.errno or 0, dev, fstype, c.rootflags))
+
+
+def _mount_checks(err: int, dev: str, fstype: str, rootflags: str) -> list[str]:
+    if err == errno.ENODEV:
+        return [f"the kernel has no {fstype} driver: rebuild with mkinitrd.ssi --add-modules "
+                f"{fstype}", f"rootfstype={fstype} is right"]
+    checks = ["dmesg (in the rescue shell) for the kernel's reason"]
+    if err == errno.EINVAL:
+        checks.insert(0, f"{dev} holds a valid {fstype} filesystem (fsck from another host)")
+        if rootflags:
+            checks.insert(1, f"rootflags={rootflags} holds only options {fstype} knows")
+    elif err in (errno.EROFS, errno.EACCES):
+        checks.insert(0, f"{dev} is writable, or boot with ro")
+    return checks
+
+
+def sync_boot_partition(boot: Boot) -> None:
+    """Local boot flag: compare and sync the local kernel and ramdisk (issue 4, disk_sync.py).
+
+    Runs with the shared root mounted on NEWROOT; sets boot.node.sync.
+    """
+    boot.node = replace(boot.node, sync="skipped")
+
+
+def write_node_env(boot: Boot) -> None:
+    boot.node = replace(boot.node, boot_ms=int(console.elapsed() * 1000))
+    nodeenv.write(boot.node)
+    console.debug(f"node.env: {' '.join(f'{k}={v}' for k, v in boot.node.items())}")
+
+
+def do_switch_root(boot: Boot) -> None:
+    c = boot.cmdline
+    where = boot.root.dev.path if boot.root else c.root
+    console.say(f"switching to {c.init} on {where} after {console.elapsed():.2f} s")
+    switch_root(NEWROOT, c.init, sys.argv[1:])
+
+
+STAGES: tuple[tuple[Stage, Callable[[Boot], None]], ...] = (
+    (Stage.MOUNT_API, mount_api),
+    (Stage.CMDLINE, parse_cmdline),
+    (Stage.MODULES, load_modules),
+    (Stage.DEVICES, wait_devices),
+    (Stage.IDENTITY, identify),
+    (Stage.NETWORK, bring_up_network),
+    (Stage.ROOT, mount_root),
+    (Stage.SYNC, sync_boot_partition),
+    (Stage.NODE_ENV, write_node_env),
+    (Stage.SWITCH_ROOT, do_switch_root),
+)
+
+
+# --- running them ---------------------------------------------------------------------
+
+
+def run(boot: Boot) -> None:
+    for stage, step in STAGES:
+        if stage.value in boot.cmdline.breaks:
+            _break(stage)
+        while not _attempt(stage, step, boot):
+            if not rescue.run_shell(f"stage {stage.value} failed; fix it, then exit to retry"):
+                rescue.reboot_after()
+            console.say(f"retrying stage {stage.value}")
+
+
+def _attempt(stage: Stage, step: Callable[[Boot], None], boot: Boot) -> bool:
+    started = console.elapsed()
+    try:
+        step(boot)
+    except BootError as e:
+        console.fatal(f"{stage.value}: {e.what}")
+        for check in e.checks:
+            console.say(f"  check: {check}")
+        return False
+    except Exception as e:  # a bug, or an OSError no stage foresaw: show all of it
+        console.fatal(f"{stage.value}: {type(e).__name__}: {e}")
+        _traceback(e)
+        return False
+    console.debug(f"stage {stage.value}: {console.elapsed() - started:.3f} s")
+    return True
+
+
+def _break(stage: Stage) -> None:
+    console.say(f"ssi.break: stopping before stage {stage.value}")
+    if not rescue.run_shell(f"before stage {stage.value} (ssi.break)"):
+        console.warn(f"no rescue shell ({rescue.SHELL}) in this ramdisk; going on")
+
+
+def _rescanner(boot: Boot) -> Callable[[], None]:
+    """While waiting for the root device: load modules for devices that appeared late."""
+    last = console.elapsed()
+
+    def rescan() -> None:
+        nonlocal last
+        if boot.loader is None or boot.cmdline.modules != "auto" \
+                or console.elapsed() - last < RESCAN_INTERVAL:
+            return
+        last = console.elapsed()
+        try:
+            new = boot.loader.load_matching()
+        except (OSError, ValueError):
+            return
+        if new:
+            console.say(f"modules: loaded {' '.join(new)} for devices that appeared late")
+
+    return rescan
+
+
+def _seen(boot: Boot) -> list[str]:
+    seen = [p.describe() for p in boot.scanner.probed()]
+    if not seen:
+        return ["no block device at all in /proc/partitions: is the disk attached, "
+                "and its controller's driver in the ramdisk?"]
+    return ["the block devices seen:", *(f"  {line}" for line in seen)]
+
+
+def _missing(boot: Boot) -> list[str]:
+    if boot.loader is None:
+        return []
+    alias_file = f"/lib/modules/{boot.kver}/modules.alias"
+    lines = []
+    for m in modules.missing_drivers(boot.loader, alias_file):
+        names = ", ".join(m.modules)
+        where = m.device.syspath.rsplit("/", 1)[-1]
+        if m.carried:
+            lines.append(f"device {where} ({m.device.modalias}) has no driver, although the "
+                         f"ramdisk carries {names}: see the module warnings above")
+        else:
+            lines.append(f"device {where} ({m.device.modalias}) needs module {names}, not in "
+                         f"this ramdisk; rebuild with mkinitrd.ssi --add-modules "
+                         f"{m.modules[0]}")
+    return lines
+
+
+def _traceback(e: BaseException) -> None:
+    try:
+        import traceback  # only on the unexpected path: it is a costly import
+
+        console.say("".join(traceback.format_exception(e)).rstrip())
+    except BaseException:
+        pass
+
+
+def _read_first_line(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
+
+
+def main() -> NoReturn:
+    """The entry point of /init. Never returns."""
+    if os.getpid() != 1:
+        console.fatal("not PID 1: this is the ramdisk's init and runs only as PID 1 "
+                      "(to look into an image: mkinitrd.ssi --list IMAGE)")
+        raise SystemExit(1)
+    try:
+        proc.as_pid1()
+        run(Boot())
+        console.fatal("the boot sequence ended without starting init")
+    except BaseException as e:
+        console.fatal(f"unexpected {type(e).__name__}: {e}")
+        _traceback(e)
+    try:
+        rescue.run_shell("the agent failed; see above")
+    finally:
+        rescue.reboot_after()

@@ -1,0 +1,401 @@
+"""Kernel modules: load the ones the ramdisk carries, and name the ones it lacks.
+
+The builder lists the carried modules in /etc/ssi/modules, one ramdisk path a
+line, dependencies first. Two ways to load them:
+
+- "auto" (the default): read each carried module's .modinfo section (aliases,
+  depends=, softdep=) and load only what the present devices' modaliases
+  (/sys/bus/*/devices/*/modalias) match, plus dependencies, rescanning until
+  no new device appears (virtio_pci creates the virtio devices that
+  virtio_blk then drives). Filesystems are loaded when the root's type is
+  known (`load_filesystem`).
+- "all": every carried module, in order. The fallback when the modules'
+  metadata or sysfs cannot be read.
+
+`missing_drivers` matches devices that no driver claimed against the
+kernel's full modules.alias, so the agent can name the module to add.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from linuxrc_agent import console
+from linuxrc_agent.syscalls import MODULE_INIT_COMPRESSED_FILE, finit_module
+
+ORDER_FILE = "/etc/ssi/modules"
+KVER_FILE = "/etc/ssi/kver"
+_COMPRESSED = (".ko.xz", ".ko.zst", ".ko.gz")
+_WILDCARDS = "*?["
+
+
+def module_name(path: str) -> str:
+    """`/lib/modules/K/kernel/.../crc32c-intel.ko.zst` -> `crc32c_intel` (the kernel's spelling)."""
+    base = os.path.basename(path)
+    for suffix in (*_COMPRESSED, ".ko"):
+        if base.endswith(suffix):
+            base = base[:-len(suffix)]
+            break
+    return base.replace("-", "_")
+
+
+def read_order(path: str = ORDER_FILE) -> list[str]:
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    except FileNotFoundError:
+        return []
+
+
+def loaded_modules(path: str = "/proc/modules") -> set[str]:
+    try:
+        with open(path) as f:
+            return {line.split(" ", 1)[0] for line in f}
+    except OSError:
+        return set()
+
+
+# --- .modinfo -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModInfo:
+    name: str
+    path: str
+    aliases: tuple[str, ...] = ()
+    depends: tuple[str, ...] = ()
+    softdeps: tuple[str, ...] = ()  # pre: and post: alike; names or aliases
+
+
+def read_modinfo(path: str) -> ModInfo:
+    """Parse the .modinfo section of an uncompressed ELF64 little-endian .ko (x86_64).
+
+    Raises ValueError for anything else (the caller falls back to loading all).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        ehdr = os.pread(fd, 64, 0)
+        if ehdr[:6] != b"\x7fELF\x02\x01":
+            raise ValueError(f"{path}: not an ELF64 little-endian object")
+        shoff, = struct.unpack_from("<Q", ehdr, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", ehdr, 0x3A)
+        if shentsize < 64 or not 0 < shnum < 4096 or shstrndx >= shnum:
+            raise ValueError(f"{path}: bad section header table")
+        shdrs = os.pread(fd, shentsize * shnum, shoff)
+
+        def section(i: int) -> tuple[int, int, int]:
+            name, _, _, _, offset, size = struct.unpack_from("<IIQQQQ", shdrs, i * shentsize)
+            return name, offset, size
+
+        _, str_off, str_size = section(shstrndx)
+        names = os.pread(fd, str_size, str_off)
+        for i in range(shnum):
+            name_off, offset, size = section(i)
+            if names[name_off:name_off + 9] == b".modinfo\0":
+                return _parse_modinfo(path, os.pread(fd, size, offset))
+        raise ValueError(f"{path}: no .modinfo section")
+    except struct.error as e:
+        raise ValueError(f"{path}: truncated ELF ({e})") from None
+    finally:
+        os.close(fd)
+
+
+def _parse_modinfo(path: str, data: bytes) -> ModInfo:
+    name = module_name(path)
+    aliases: list[str] = []
+    depends: list[str] = []
+    softdeps: list[str] = []
+    for item in data.split(b"\0"):
+        key, sep, raw = item.partition(b"=")
+        if not sep:
+            continue
+        value = raw.decode("utf-8", "replace")
+        if key == b"name":
+            name = value
+        elif key == b"alias":
+            aliases.append(value)
+        elif key == b"depends":
+            depends.extend(d for d in value.split(",") if d)
+        elif key == b"softdep":
+            softdeps.extend(w for w in value.split() if not w.endswith(":"))
+    return ModInfo(name, path, tuple(aliases), tuple(depends), tuple(softdeps))
+
+
+# --- modalias matching ----------------------------------------------------------------
+
+
+class AliasIndex:
+    """fnmatch patterns of module aliases, indexed by their literal prefix.
+
+    A device's modalias is then checked only against the patterns whose
+    literal start it begins with: a few fnmatch calls instead of thousands.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        self._by_prefix: dict[str, list[tuple[str, str]]] = {}
+        self._longest = 0
+        for pattern, module in pairs:
+            self.add(pattern, module)
+
+    def add(self, pattern: str, module: str) -> None:
+        cut = min((i for i in (pattern.find(c) for c in _WILDCARDS) if i >= 0),
+                  default=len(pattern))
+        prefix = pattern[:cut]
+        self._by_prefix.setdefault(prefix, []).append((pattern, module))
+        self._longest = max(self._longest, len(prefix))
+
+    def match(self, modalias: str) -> set[str]:
+        found = set()
+        for i in range(min(len(modalias), self._longest) + 1):
+            for pattern, module in self._by_prefix.get(modalias[:i], ()):
+                if fnmatch.fnmatchcase(modalias, pattern):
+                    found.add(module)
+        return found
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_prefix.values())
+
+
+def read_alias_file(path: str) -> list[tuple[str, str]]:
+    """(pattern, module) pairs of a depmod modules.alias file."""
+    pairs = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            words = line.split()
+            if len(words) == 3 and words[0] == "alias":
+                pairs.append((words[1], words[2]))
+    return pairs
+
+
+@dataclass(frozen=True)
+class Device:
+    syspath: str  # /sys/bus/pci/devices/0000:00:04.0
+    modalias: str
+    bound: bool  # a driver has claimed it
+
+
+def devices(sys: str = "/sys") -> list[Device]:
+    """Every device on every bus that announces a modalias."""
+    found = []
+    try:
+        buses = sorted(os.listdir(f"{sys}/bus"))
+    except OSError:
+        return []
+    for bus in buses:
+        base = f"{sys}/bus/{bus}/devices"
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for name in names:
+            path = f"{base}/{name}"
+            try:
+                with open(f"{path}/modalias") as f:
+                    alias = f.read().strip()
+            except OSError:
+                continue
+            if alias:
+                found.append(Device(path, alias, os.path.lexists(f"{path}/driver")))
+    return found
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+@dataclass
+class LoadReport:
+    mode: str = "auto"
+    loaded: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # name -> reason
+    seconds: float = 0.0
+
+
+def _reason(e: OSError) -> str:
+    hints = {
+        errno.ENOENT: "unknown symbol: a module it needs is missing or failed",
+        errno.ENOEXEC: "not a module for this kernel (wrong version or format)",
+        errno.EKEYREJECTED: "signature rejected (module signing enforced)",
+        errno.EBADMSG: "signature invalid (module signing enforced)",
+        errno.ENODEV: "no such device",
+        errno.ENXIO: "no such device",
+    }
+    return f"{os.strerror(e.errno or 0)} ({hints[e.errno]})" if e.errno in hints \
+        else os.strerror(e.errno or 0)
+
+
+class Loader:
+    """The carried modules and what has been done with them."""
+
+    def __init__(self, order: list[str], params: dict[str, str] | None = None,
+                 blacklist: Iterable[str] = (), sys: str = "/sys",
+                 proc_modules: str = "/proc/modules") -> None:
+        self.order = order
+        self.params = params or {}
+        self.blacklist = {n.replace("-", "_") for n in blacklist}
+        self.sys = sys
+        self.proc_modules = proc_modules
+        self.by_name = {module_name(p): p for p in order}
+        self.rank = {module_name(p): i for i, p in enumerate(order)}
+        self.report = LoadReport()
+        self._infos: dict[str, ModInfo] | None = None
+        self._index: AliasIndex | None = None
+        self._done: set[str] = set()
+
+    # Metadata, read on first use.
+    def infos(self) -> dict[str, ModInfo]:
+        if self._infos is None:
+            infos = {}
+            for path in self.order:
+                info = read_modinfo(path)
+                infos[module_name(path)] = info
+            self._infos = infos
+        return self._infos
+
+    def index(self) -> AliasIndex:
+        if self._index is None:
+            self._index = AliasIndex((a, n) for n, i in self.infos().items() for a in i.aliases)
+        return self._index
+
+    def resolve_names(self, names: Iterable[str]) -> set[str]:
+        """Carried module names for names or aliases (softdeps may name aliases)."""
+        out = set()
+        for name in names:
+            norm = name.replace("-", "_")
+            if norm in self.by_name:
+                out.add(norm)
+            else:
+                out |= self.index().match(name)
+        return out
+
+    def closure(self, names: Iterable[str]) -> list[str]:
+        """`names` plus their carried dependencies and softdeps, in load order."""
+        infos = self.infos()
+        todo = list(self.resolve_names(names))
+        seen: set[str] = set()
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in infos:
+                continue
+            seen.add(name)
+            info = infos[name]
+            todo.extend(self.resolve_names((*info.depends, *info.softdeps)) - seen)
+        return sorted(seen, key=self.rank.__getitem__)
+
+    def load(self, names: Iterable[str]) -> list[str]:
+        """Load the carried modules named (already in load order); returns the newly loaded."""
+        now_loaded = loaded_modules(self.proc_modules)
+        new = []
+        for name in names:
+            if name in self._done or name in self.blacklist:
+                continue
+            self._done.add(name)
+            if name in now_loaded:
+                self.report.already.append(name)
+                continue
+            status = load_file(self.by_name[name], self.params.get(name, ""))
+            if status == "loaded":
+                self.report.loaded.append(name)
+                new.append(name)
+            elif status == "already":
+                self.report.already.append(name)
+            else:
+                self.report.failed[name] = status
+                console.warn(f"module {name}: {status}")
+        return new
+
+    def load_all(self) -> list[str]:
+        self.report.mode = "all"
+        return self.load(module_name(p) for p in self.order)
+
+    def load_matching(self, max_rounds: int = 8) -> list[str]:
+        """Load what present devices need, rescanning as loaded drivers reveal new devices."""
+        new: list[str] = []
+        for _ in range(max_rounds):
+            wanted: set[str] = set()
+            for dev in devices(self.sys):
+                if not dev.bound:
+                    wanted |= self.index().match(dev.modalias)
+            wanted -= self._done
+            if not wanted:
+                break
+            batch = self.load(self.closure(wanted))
+            new.extend(batch)
+            if not batch:
+                break
+        return new
+
+    def load_filesystem(self, fstype: str) -> list[str]:
+        """The module of filesystem `fstype` (alias fs-TYPE) and its dependencies.
+
+        vfat also needs its code page and character set, which the kernel
+        would request through a modprobe the ramdisk does not have.
+        """
+        names = {f"fs-{fstype}"}
+        if fstype in ("vfat", "msdos"):
+            names |= {"nls_cp437", "nls_ascii", "nls_utf8", "nls_iso8859_1"}
+        return self.load(self.closure(names))
+
+
+def load_file(path: str, params: str = "") -> str:
+    """finit_module one file: 'loaded', 'already', or why it failed."""
+    flags = MODULE_INIT_COMPRESSED_FILE if path.endswith(_COMPRESSED) else 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        return f"cannot open {path}: {e.strerror}"
+    try:
+        finit_module(fd, params, flags)
+    except OSError as e:
+        if e.errno == errno.EEXIST:
+            return "already"
+        return _reason(e)
+    finally:
+        os.close(fd)
+    return "loaded"
+
+
+# --- what is missing ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Missing:
+    device: Device
+    modules: tuple[str, ...]
+    carried: bool  # True: the ramdisk has one of them, but it did not load or bind
+
+
+def missing_drivers(loader: Loader, alias_file: str) -> list[Missing]:
+    """Devices with no driver that a module of this kernel would drive.
+
+    Only unbound devices count: a bound one works. Storage and network
+    devices come first, as they are what a boot waits for.
+    """
+    try:
+        index = AliasIndex(read_alias_file(alias_file))
+    except OSError:
+        return []
+    out = []
+    for dev in devices(loader.sys):
+        if dev.bound:
+            continue
+        names = index.match(dev.modalias)
+        if names:
+            carried = any(n in loader.by_name for n in names)
+            out.append(Missing(dev, tuple(sorted(names)), carried))
+    return sorted(out, key=lambda m: (not _important(m.device.modalias), m.device.syspath))
+
+
+def _important(modalias: str) -> bool:
+    """Storage, network and USB controllers (PCI classes 01, 02, 0c03) and virtio devices."""
+    if modalias.startswith("virtio:"):
+        return True
+    if modalias.startswith("pci:"):
+        at = modalias.find("bc")
+        return modalias[at + 2:at + 4] in ("01", "02") or modalias[at + 2:at + 6] == "0C03"
+    return False

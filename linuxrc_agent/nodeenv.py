@@ -1,0 +1,75 @@
+"""/run/ssi/node.env: what the agent learnt, for the shared root's init scripts (and tests).
+
+Shell-readable `KEY=value` lines, values quoted so that `. /run/ssi/node.env`
+in any POSIX shell gives back exactly the string, whatever it holds. Written
+atomically: a reader sees the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, fields
+
+PATH = "/run/ssi/node.env"
+SYNC_STATES = ("updated", "unchanged", "no-boot-partition", "skipped", "failed")
+
+_SAFE_RE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+
+
+@dataclass(frozen=True)
+class NodeEnv:
+    """Node fields stay empty until the identity stage knows the node."""
+
+    node: int | None = None
+    ip: str = ""
+    prefix: int | None = None
+    mac: str = ""
+    iface: str = ""
+    hostname: str = ""
+    local_boot: bool = False
+    sync: str = "skipped"
+    boot_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sync not in SYNC_STATES:
+            raise ValueError(f"SSI_SYNC={self.sync!r}; expected one of {', '.join(SYNC_STATES)}")
+
+    def items(self) -> list[tuple[str, str]]:
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            text = "" if value is None else str(int(value)) if isinstance(value, bool) \
+                else str(value)
+            out.append((f"SSI_{f.name.upper()}", text))
+        return out
+
+    def render(self) -> str:
+        body = "".join(f"{key}={quote(value)}\n" for key, value in self.items())
+        return "# Written by the ssi-boot ramdisk agent (/linuxrc) at boot.\n" + body
+
+
+def quote(value: str) -> str:
+    """POSIX shell quoting, as shlex.quote (not imported: it costs boot time)."""
+    if not value or _SAFE_RE.match(value):
+        return value  # an empty value reads as empty in sh and in systemd's EnvironmentFile=
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def write(env: NodeEnv, path: str = PATH) -> None:
+    """Write `env` to `path` atomically: temp file, fsync, rename."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        data = env.render().encode()
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
