@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from vm_tests import cluster, images
-from vm_tests.kernel import Kernel, kernel as cached_kernel
+from vm_tests.kernel import Kernel
+from vm_tests.kernel import kernel as cached_kernel
 from vm_tests.qemu import Disk, Nic, Vm, VmConfig, console_args
 
 
