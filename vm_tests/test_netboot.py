@@ -1,0 +1,123 @@
+"""Network boot end to end: QEMU's iPXE ROM -> real ISC dhcpd -> tftpd-hpa -> our ramdisk.
+
+One private boot network (namespace, bridge, dhcpd, tftpd) serves the whole
+module; each test attaches its nodes on fresh tap devices.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mkinitrd_ssi.lilo import main as lilo
+from mkinitrd_ssi.mkdhcpd import main as mkdhcpd
+from mkinitrd_ssi.mkinitrd import main as mkinitrd
+from vm_tests import cluster
+from vm_tests.kernel import Kernel
+from vm_tests.pxe import PxeNet, pxe_network
+from vm_tests.qemu import Disk, Nic, Vm, VmConfig
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespace, taps")
+
+REPO = Path(__file__).resolve().parent.parent
+CMDLINE = f"root=LABEL={cluster.ROOT_LABEL} console=ttyS0 panic=-1 quiet"
+
+
+@pytest.fixture(scope="module")
+def admin_root(tmp_path_factory: pytest.TempPathFactory, kernel: Kernel, ramdisk: Path) -> Path:
+    """The admin's tree: ssitab, dhcpd.proto, default pair; dhcpd.conf and tftpboot made
+    by the real commands."""
+    root = tmp_path_factory.mktemp("pxeroot")
+    (root / "etc").mkdir()
+    (root / "boot").mkdir()
+    (root / "etc/ssitab").write_text(cluster.SSITAB)
+    shutil.copyfile(REPO / "examples/dhcpd.proto", root / "etc/dhcpd.proto")
+    shutil.copyfile(kernel.vmlinuz, root / "boot/vmlinuz")
+    shutil.copyfile(ramdisk, root / "boot/initrd-ssi.img")
+    assert mkdhcpd(["--root", str(root)]) == 0
+    assert lilo(["--root", str(root), "--cmdline", CMDLINE]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def net(admin_root: Path) -> Iterator[PxeNet]:
+    work = admin_root / "net"
+    work.mkdir()
+    with pxe_network(work, admin_root / "etc/dhcpd.conf", admin_root / "tftpboot") as net:
+        yield net
+
+
+def pxe_vm(net: PxeNet, mac: str, log: Path, disks: list[Disk]) -> Vm:
+    config = VmConfig(nics=[Nic(mac, netdev=net.netdev())], netboot=True, netns=net.ns,
+                      disks=disks)
+    return Vm(config, log)
+
+
+def shared_root(root_images: dict[str, Path]) -> Disk:
+    return Disk(root_images["plain"], extra=",snapshot=on")
+
+
+def test_diskless_node_pxe_boots_and_joins(net: PxeNet, root_images: dict[str, Path],
+                                          tmp_path: Path) -> None:
+    with pxe_vm(net, cluster.MAC_N1, tmp_path / "n1.log", [shared_root(root_images)]) as vm:
+        env = vm.node_env(timeout=240)
+    assert env["SSI_NODE"] == "1"
+    assert env["SSI_IP"] == "10.77.0.11" and env["SSI_PREFIX"] == "24"
+    assert env["SSI_MAC"] == cluster.MAC_N1 and env["SSI_HOSTNAME"] == "n1"
+    assert env["SSI_LOCAL_BOOT"] == "0"
+    assert f"DHCPACK on 10.77.0.11 to {cluster.MAC_N1}" in net.dhcpd_output()
+
+
+def test_unknown_mac_gets_no_lease_then_joins_once_added(
+        net: PxeNet, admin_root: Path, kernel: Kernel, root_images: dict[str, Path],
+        tmp_path: Path) -> None:
+    mac = cluster.MAC_UNKNOWN
+    with pxe_vm(net, mac, tmp_path / "unknown.log", [shared_root(root_images)]) as vm:
+        # Two DISCOVERs and no OFFER: dhcpd saw the ROM and refused it.
+        _wait_log(net, f"DHCPDISCOVER from {mac}", count=2)
+        assert "DHCPOFFER on" not in _lines_for(net, mac)
+        assert "Linux version" not in vm.output()
+    # The seed's "beautiful part": add the MAC, rebuild, republish, boot the same VM.
+    with open(admin_root / "etc/ssitab", "a") as f:
+        f.write(f"5  10.77.0.15/24  {mac}  0  -  hostname=n5\n")
+    assert mkinitrd(["--root", str(admin_root), "--moddir", str(kernel.moddir)]) == 0
+    assert lilo(["--root", str(admin_root)]) == 0
+    net.restart_dhcpd()
+    with pxe_vm(net, mac, tmp_path / "added.log", [shared_root(root_images)]) as vm:
+        env = vm.node_env(timeout=240)
+    assert (env["SSI_NODE"], env["SSI_IP"], env["SSI_HOSTNAME"]) == ("5", "10.77.0.15", "n5")
+
+
+def test_three_nodes_boot_at_once(net: PxeNet, root_images: dict[str, Path],
+                                  tmp_path: Path) -> None:
+    macs = {"1": cluster.MAC_N1, "3": cluster.MAC_N3, "3b": cluster.MAC_N3_SECOND}
+    vms = {name: pxe_vm(net, mac, tmp_path / f"{name}.log", [shared_root(root_images)])
+           for name, mac in macs.items()}
+    try:
+        envs = {name: vm.node_env(timeout=360) for name, vm in vms.items()}
+    finally:
+        for vm in vms.values():
+            vm.kill()
+    assert envs["1"]["SSI_NODE"] == "1"
+    # Node 3's two NICs each netboot as node 3, on the NIC that booted.
+    assert envs["3"]["SSI_NODE"] == envs["3b"]["SSI_NODE"] == "3"
+    assert envs["3"]["SSI_MAC"] == cluster.MAC_N3
+    assert envs["3b"]["SSI_MAC"] == cluster.MAC_N3_SECOND
+
+
+def _lines_for(net: PxeNet, mac: str) -> str:
+    return "\n".join(line for line in net.dhcpd_output().splitlines() if mac in line)
+
+
+def _wait_log(net: PxeNet, text: str, count: int, timeout: float = 90.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while net.dhcpd_output().count(text) < count:
+        assert time.monotonic() < deadline, f"dhcpd never logged {text!r} x{count}:\n" \
+            + net.dhcpd_output()[-2000:]
+        time.sleep(0.2)
