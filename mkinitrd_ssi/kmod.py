@@ -1,0 +1,272 @@
+"""Kernel-module closure from depmod's files, and the load order the agent follows.
+
+Reads modules.dep (hard dependencies), modules.softdep (pre:/post: soft ones,
+also those depmod extracted from the modules themselves), modules.alias (for
+softdeps that name an alias, such as crypto-crc32c) and modules.builtin /
+modules.builtin.modinfo (built into the kernel: nothing to load). Compressed
+modules (.ko.xz, .ko.zst, .ko.gz) are decompressed at build time so that the
+agent needs no decompressor and the kernel no in-kernel one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import lzma
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import xxhash
+import zstandard
+
+from mkinitrd_ssi.atomic import staged_file
+from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.run import log
+
+# What a cluster node may boot from or through: NICs, disk controllers, filesystems.
+DEFAULT_MODULES = ("virtio_net", "virtio_blk", "virtio_pci", "virtio_scsi", "e1000", "e1000e",
+                   "igb", "ixgbe", "ahci", "nvme", "sd_mod", "ext4", "xfs", "vfat", "nfs")
+
+_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
+
+
+def canonical(name: str) -> str:
+    """Module names treat '-' and '_' alike; the kernel reports them with '_'."""
+    return name.strip().replace("-", "_")
+
+
+def _name_of(relpath: str) -> str:
+    base = relpath.rpartition("/")[2]
+    for suffix in _SUFFIXES:
+        if base.endswith(suffix):
+            return canonical(base[: -len(suffix)])
+    return canonical(base)
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    relpath: str  # as in modules.dep, relative to the module directory
+    deps: tuple[str, ...] = ()  # names, from modules.dep
+
+    @property
+    def compression(self) -> str | None:
+        for suffix in (".xz", ".zst", ".gz"):
+            if self.relpath.endswith(".ko" + suffix):
+                return suffix[1:]
+        return None
+
+    @property
+    def installed(self) -> str:
+        """The path in the ramdisk's module directory: always a plain .ko."""
+        c = self.compression
+        return self.relpath[: -len(c) - 1] if c else self.relpath
+
+
+@dataclass
+class Selection:
+    modules: list[Module] = field(default_factory=list)  # load order: dependencies first
+    builtin: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)  # asked for by default, not in this kernel
+    dropped: list[str] = field(default_factory=list)  # need an omitted module
+
+
+class ModuleIndex:
+    """depmod's view of one kernel's modules directory (lib/modules/KVER)."""
+
+    def __init__(self, moddir: Path) -> None:
+        self.moddir = moddir
+        dep = moddir / "modules.dep"
+        try:
+            text = dep.read_text()
+        except FileNotFoundError:
+            raise SsiError(f"{dep}: no such file", hint=f"run depmod -b ROOT {moddir.name}, or "
+                           "pass the lib/modules/KVER directory of an unpacked kernel") from None
+        except OSError as e:
+            raise SsiError(f"{dep}: {e.strerror}") from None
+        self.modules: dict[str, Module] = {}
+        prefix = f"/lib/modules/{moddir.name}/"
+        for line in text.splitlines():
+            path, sep, rest = line.partition(":")
+            if not sep:
+                continue
+            # Old depmods wrote absolute paths.
+            paths = [p.removeprefix(prefix) for p in [path, *rest.split()]]
+            name = _name_of(paths[0])
+            self.modules[name] = Module(name, paths[0], tuple(_name_of(p) for p in paths[1:]))
+        self.builtin = {_name_of(line) for line in self._lines("modules.builtin")}
+        self.softdeps = self._softdeps()
+        self._aliases: list[tuple[str, str, str]] | None = None
+        self._builtin_aliases: set[str] | None = None
+
+    def _lines(self, name: str) -> list[str]:
+        try:
+            return (self.moddir / name).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def _softdeps(self) -> dict[str, tuple[list[str], list[str]]]:
+        out: dict[str, tuple[list[str], list[str]]] = {}
+        for line in self._lines("modules.softdep"):
+            words = line.split("#", 1)[0].split()
+            if len(words) < 2 or words[0] != "softdep":
+                continue
+            pre, post = out.setdefault(canonical(words[1]), ([], []))
+            mode: list[str] | None = None
+            for w in words[2:]:
+                if w == "pre:":
+                    mode = pre
+                elif w == "post:":
+                    mode = post
+                elif mode is not None:
+                    # Like modprobe, words before any pre:/post: are ignored.
+                    mode.append(w)
+        return out
+
+    def aliases(self) -> list[tuple[str, str, str]]:
+        """(literal prefix, pattern, module) for every alias line."""
+        if self._aliases is None:
+            self._aliases = []
+            for line in self._lines("modules.alias"):
+                words = line.split()
+                if len(words) == 3 and words[0] == "alias":
+                    pattern = words[1]
+                    cut = min((i for c in "*?[" if (i := pattern.find(c)) >= 0),
+                              default=len(pattern))
+                    self._aliases.append((pattern[:cut], pattern, canonical(words[2])))
+        return self._aliases
+
+    def builtin_aliases(self) -> set[str]:
+        if self._builtin_aliases is None:
+            self._builtin_aliases = set()
+            try:
+                raw = (self.moddir / "modules.builtin.modinfo").read_bytes()
+            except FileNotFoundError:
+                raw = b""
+            for item in raw.split(b"\0"):
+                _, sep, value = item.decode(errors="replace").partition(".alias=")
+                if sep:
+                    self._builtin_aliases.add(value)
+        return self._builtin_aliases
+
+    def resolve(self, name: str) -> list[str] | None:
+        """Module names for a module name or alias; [] when built in, None when unknown."""
+        c = canonical(name)
+        if c in self.modules:
+            return [c]
+        if c in self.builtin:
+            return []
+        # The literal prefix check first: compiling thousands of glob patterns is slow.
+        hits = dict.fromkeys(m for prefix, pattern, m in self.aliases()
+                             if name.startswith(prefix) and fnmatch.fnmatchcase(name, pattern))
+        mods = [h for h in hits if h in self.modules]
+        if mods:
+            return mods
+        if any(h in self.builtin for h in hits) or name in self.builtin_aliases():
+            return []
+        return None
+
+    def select(self, wanted: Sequence[str], *, required: Iterable[str] = (),
+               omit: Iterable[str] = ()) -> Selection:
+        """The closure of `wanted` in load order. A name in `required` that this kernel
+        lacks is an error; other absent names are reported in Selection.absent."""
+        sel = Selection()
+        required_set = {canonical(n) for n in required}
+        omitted = {canonical(n) for n in omit}
+        loaded: dict[str, Module] = {}
+        visiting: set[str] = set()
+        missing_required: list[str] = []
+
+        def needs_omitted(name: str) -> str | None:
+            mod = self.modules[name]
+            return next((d for d in (name, *mod.deps) if d in omitted), None)
+
+        def visit(name: str) -> None:
+            if name in loaded or name in visiting:
+                return  # a cycle in softdeps: modprobe also loads each module once
+            mod = self.modules[name]
+            visiting.add(name)
+            pre, post = self.softdeps.get(name, ([], []))
+            for soft in pre:
+                for s in self.resolve(soft) or []:
+                    if s not in omitted and needs_omitted(s) is None:
+                        visit(s)
+            for dep in mod.deps:
+                if dep in self.modules:
+                    visit(dep)
+            loaded[name] = mod
+            sel.modules.append(mod)
+            visiting.discard(name)
+            for soft in post:
+                for s in self.resolve(soft) or []:
+                    if s not in omitted and needs_omitted(s) is None:
+                        visit(s)
+
+        for raw in wanted:
+            name = canonical(raw)
+            if name in omitted:
+                continue
+            found = self.resolve(raw)
+            if found is None:
+                if name in required_set:
+                    missing_required.append(raw)
+                else:
+                    sel.absent.append(raw)
+                continue
+            if not found:
+                sel.builtin.append(raw)
+                continue
+            for mod in found:
+                blocker = needs_omitted(mod)
+                if blocker is not None:
+                    sel.dropped.append(f"{mod} (needs {blocker})")
+                    continue
+                visit(mod)
+        if missing_required:
+            raise SsiError(f"module(s) not in kernel {self.moddir.name}: "
+                           + ", ".join(missing_required),
+                           hint=f"see {self.moddir / 'modules.dep'} for the modules it has")
+        return sel
+
+    def ramdisk_dep(self, modules: Sequence[Module]) -> str:
+        """A modules.dep for just these modules with their installed names, so that
+        busybox modprobe works in the rescue shell."""
+        chosen = {m.name for m in modules}
+        lines = []
+        for m in sorted(modules, key=lambda m: m.installed):
+            deps = [self.modules[d].installed for d in m.deps if d in chosen]
+            lines.append(f"{m.installed}: {' '.join(deps)}".rstrip(" ") + "\n")
+        return "".join(lines)
+
+
+def decompress(src: Path, compression: str) -> bytes:
+    try:
+        if compression == "xz":
+            return lzma.decompress(src.read_bytes())
+        if compression == "gz":
+            return gzip.decompress(src.read_bytes())
+        with open(src, "rb") as f:
+            return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
+    except (lzma.LZMAError, OSError, EOFError, zstandard.ZstdError) as e:
+        raise SsiError(f"{src}: cannot decompress: {e}") from None
+
+
+def materialize(moddir: Path, module: Module, cache: Path) -> Path:
+    """A path holding the module's plain .ko: the original, or a cached decompressed copy
+    (keyed by the source's path, size and mtime, so a rebuild does not decompress again)."""
+    src = moddir / module.relpath
+    if module.compression is None:
+        return src
+    st = src.stat()
+    key = xxhash.xxh3_128(f"{src.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+    out = cache / f"{key}.ko"
+    if not out.is_file():
+        data = decompress(src, module.compression)
+        with staged_file(out) as tmp:
+            tmp.write_bytes(data)
+        log.debug("decompressed %s into %s", src, out)
+    else:
+        os.utime(out)
+    return out
