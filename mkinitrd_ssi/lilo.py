@@ -1,12 +1,19 @@
-"""lilo.ssi: install the default kernel and ramdisk, publish them for network boot."""
+"""lilo.ssi: install the default kernel and ramdisk, publish them for network boot,
+and push them to the boot partitions of the running local-boot nodes.
+
+Only the publishing side imports ClusterShell: `lilo.ssi --local-only`, which
+runs on every node at each push, stays light.
+"""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mkinitrd_ssi import cli, netboot
 from mkinitrd_ssi.atomic import replace_if_changed, staged_file
@@ -31,27 +38,85 @@ def build_parser() -> argparse.ArgumentParser:
                         "console=ttyS0'; kept in ROOT/etc/ssi/cmdline for later runs")
     parser.add_argument("--tftpboot", type=Path, metavar="DIR",
                         help="network-boot directory (default: ROOT/tftpboot)")
-    parser.add_argument("--local-only", action="store_true",
-                        help="only sync this machine's local boot partition")
-    parser.add_argument("--boot-dir", type=Path, metavar="DIR",
-                        help="with --local-only: the boot partition, already mounted here")
+    parser.add_argument("--json", action="store_true",
+                        help="print the outcome as JSON on stdout (for scripts)")
+    _local_arguments(parser.add_argument_group("this node's boot partition (--local-only)"))
+    _push_arguments(parser.add_argument_group("push to the local-boot nodes, after publishing"))
     return parser
 
 
-def _cmdline(args: argparse.Namespace, root: cli.Root) -> str:
+def _local_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--local-only", action="store_true",
+                       help="only sync this machine's local boot partition")
+    group.add_argument("--boot-dir", type=Path, metavar="DIR",
+                       help="the boot partition, already mounted here (default: this "
+                       "node's bootdev from ssitab, mounted for the sync)")
+    group.add_argument("--hashes", action="store_true",
+                       help="print the sizes, xxh3-128 hashes and kernel arguments of the "
+                       "pair on the boot partition as JSON; change nothing")
+    group.add_argument("--from", dest="from_spool", type=Path, metavar="SPOOL",
+                       help="install the pair pushed into SPOOL by lilo.ssi on the admin "
+                       "node, then remove SPOOL")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def _push_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--no-push", action="store_true",
+                       help="only publish; leave the nodes' boot partitions alone")
+    group.add_argument("--nodes", metavar="SET",
+                       help="only these local-boot nodes: ssitab numbers (1-4,7) or a "
+                       "ClusterShell node set of hostnames (node[1-4])")
+    group.add_argument("--fanout", type=_positive, default=64, metavar="N",
+                       help="nodes worked on at once (default: 64, ClusterShell's)")
+    group.add_argument("--address", choices=("ip", "hostname"), default="ip",
+                       help="reach nodes by their ssitab address (default: works without "
+                       "DNS) or by their ssitab hostname (for ssh_config or tree-mode "
+                       "topologies that name hosts)")
+    group.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="an ssh -o option for every ssh and scp, e.g. "
+                       "IdentityFile=/root/.ssh/push_key or Port=2222 (repeatable)")
+    group.add_argument("--connect-timeout", type=_positive, default=5, metavar="S",
+                       help="a node that does not accept ssh within S seconds is down "
+                       "(default: 5)")
+    group.add_argument("--timeout", type=_positive, default=600, metavar="S",
+                       help="limit for each node's copy and install (default: 600)")
+    group.add_argument("--remote-lilo", default="lilo.ssi", metavar="CMD",
+                       help="lilo.ssi on the nodes, with any prefix or options "
+                       "(default: lilo.ssi)")
+    group.add_argument("--remote-spool", default="/run", metavar="DIR",
+                       help="node-local directory, writable by root only, that receives "
+                       "the pair (default: /run)")
+
+
+def _checked_cmdline(text: str) -> str:
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        raise SsiError(f"--cmdline: {e}") from None
+    if not any(w.startswith("root=") for w in words):
+        raise SsiError("--cmdline has no root=", hint="name the shared root, e.g. "
+                       "--cmdline 'root=LABEL=ssiroot console=ttyS0'")
+    joined = " ".join(words)
+    if any(c in joined for c in "\n\r"):
+        raise SsiError("--cmdline must be one line")
+    return joined
+
+
+def cluster_cmdline(args: argparse.Namespace, root: cli.Root, *, keep: bool) -> str:
+    """--cmdline (kept in ROOT/etc/ssi/cmdline when keep), else the kept one."""
     path = root(CMDLINE_FILE)
     if args.cmdline is not None:
-        try:
-            words = shlex.split(args.cmdline)
-        except ValueError as e:
-            raise SsiError(f"--cmdline: {e}") from None
-        if not any(w.startswith("root=") for w in words):
-            raise SsiError("--cmdline has no root=", hint="name the shared root, e.g. "
-                           "--cmdline 'root=LABEL=ssiroot console=ttyS0'")
-        text = " ".join(words)
-        if any(c in text for c in "\n\r"):
-            raise SsiError("--cmdline must be one line")
-        if not args.dry_run:
+        text = _checked_cmdline(args.cmdline)
+        if keep and not args.dry_run:
             replace_if_changed(path, (text + "\n").encode(), backup=False)
         return text
     try:
@@ -75,26 +140,45 @@ def _default_initrd(root: cli.Root, dry_run: bool) -> Path:
     return default
 
 
+def _check_modes(args: argparse.Namespace) -> None:
+    if not args.local_only:
+        for name, given in (("--boot-dir", args.boot_dir), ("--hashes", args.hashes),
+                            ("--from", args.from_spool)):
+            if given:
+                raise SsiError(f"{name} needs --local-only")
+    elif args.hashes and args.from_spool:
+        raise SsiError("--hashes and --from do not go together")
+
+
 def publish(args: argparse.Namespace) -> int:
+    _check_modes(args)
     root = cli.Root(args.root)
     if args.local_only:
-        return local_only(args, root)
-    cmdline = _cmdline(args, root)
+        from mkinitrd_ssi import local_command
+
+        return local_command.run(args, root)
+    cmdline = cluster_cmdline(args, root, keep=True)
     kernel = args.kernel or root("/boot/vmlinuz")
     initrd = args.initrd or _default_initrd(root, args.dry_run)
     tftpboot = args.tftpboot or root("/tftpboot")
     log.info("publishing %s + %s into %s with: %s", kernel, initrd, tftpboot, cmdline)
+    out = sys.stderr if args.json else sys.stdout
     if args.dry_run:
-        print(f"would publish {kernel} and {initrd} into {tftpboot} with: {cmdline}")
+        print(f"would publish {kernel} and {initrd} into {tftpboot} with: {cmdline}", file=out)
+        published: dict[str, Any] = {"set": None, "changed": []}
+    else:
+        result = netboot.publish(tftpboot, kernel, initrd, cmdline)
+        state = "published: " + ", ".join(result.changed) if result.changed else "unchanged"
+        print(f"{tftpboot}: {state} (set {result.set_name})", file=out)
+        published = {"set": result.set_name, "changed": result.changed}
+        # Push what was published, byte for byte: the content-named set never changes.
+        kernel = tftpboot / netboot.SETS_DIR / result.set_name / "vmlinuz"
+        initrd = tftpboot / netboot.SETS_DIR / result.set_name / "initrd.img"
+    if args.no_push:
         return 0
-    result = netboot.publish(tftpboot, kernel, initrd, cmdline)
-    state = "published: " + ", ".join(result.changed) if result.changed else "unchanged"
-    print(f"{tftpboot}: {state} (set {result.set_name})")
-    return 0
+    from mkinitrd_ssi import push_command
 
-
-def local_only(args: argparse.Namespace, root: cli.Root) -> int:
-    raise SsiError("--local-only is not available yet")
+    return push_command.run(args, kernel, initrd, cmdline, published)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

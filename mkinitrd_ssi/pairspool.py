@@ -1,0 +1,170 @@
+"""The pair a push carries: what it is (sizes, xxh3-128, kernel arguments) and the
+spool directory it travels in.
+
+The admin stages `lilo.ssi-<id>/{vmlinuz,initrd.img,ssi-manifest.json}` and
+ClusterShell copies that one directory to every stale node. The path is the same
+on every node, so one worker serves them all (and, in tree mode, the payload
+crosses to each gateway once). The manifest is disk_sync's own format plus the
+kernel arguments, so disk_sync checks its copy against it as it would a shared
+root's. The node also checks the files before it installs anything: a transfer
+cut short must fail loudly, not become a short kernel on the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from linuxrc_agent.disk_sync import (
+    MANIFEST_NAME,
+    FileId,
+    Manifest,
+    ManifestEntry,
+    hash_file,
+    local_append,
+)
+from mkinitrd_ssi.errors import SsiError
+
+PREFIX = "lilo.ssi-"
+KERNEL = "vmlinuz"
+INITRD = "initrd.img"
+
+
+def _id_dict(ident: FileId) -> dict[str, Any]:
+    return {"size": ident.size, "xxh3_128": ident.xxh3_128}
+
+
+def _id_from(data: Any) -> FileId:
+    if not (isinstance(data, dict) and type(data.get("size")) is int
+            and isinstance(data.get("xxh3_128"), str)):
+        raise ValueError(f"not a size and hash: {data!r}")
+    return FileId(data["size"], data["xxh3_128"])
+
+
+@dataclass(frozen=True)
+class Pair:
+    kernel: FileId
+    initrd: FileId
+    append: str | None  # None: the node's boot config does not say
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kernel": _id_dict(self.kernel), "initrd": _id_dict(self.initrd),
+                "append": self.append}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Pair:
+        if not isinstance(data, dict):
+            raise ValueError(f"not a pair: {data!r}")
+        append = data.get("append")
+        if append is not None and not isinstance(append, str):
+            raise ValueError(f"bad append: {append!r}")
+        return cls(_id_from(data.get("kernel")), _id_from(data.get("initrd")), append)
+
+    def ident(self) -> str:
+        canonical = json.dumps(self.as_dict(), sort_keys=True).encode()
+        return xxhash.xxh3_128_hexdigest(canonical)[:16]
+
+    def satisfies(self, wanted: Pair) -> bool:
+        """True when a node holding self needs nothing of wanted."""
+        return (self.kernel == wanted.kernel and self.initrd == wanted.initrd
+                and (self.append is None or self.append == wanted.append))
+
+
+def wanted_pair(kernel: Path, initrd: Path, cmdline: str) -> Pair:
+    # disk_sync keeps the cluster arguments minus what a loader adds: compare
+    # like with like, or every node would look stale forever.
+    return Pair(hash_file(kernel), hash_file(initrd), local_append(cmdline))
+
+
+@dataclass(frozen=True)
+class Staged:
+    path: Path  # the lilo.ssi-<id> directory, copied whole
+    pair: Pair
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.pair.kernel.size + self.pair.initrd.size
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # A hard link costs nothing and pins the published inode; across
+    # filesystems a copy does the same job.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def manifest_json(pair: Pair) -> bytes:
+    doc = json.loads(Manifest(ManifestEntry(KERNEL, pair.kernel),
+                              ManifestEntry(INITRD, pair.initrd)).to_json())
+    doc["append"] = pair.append
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+@contextlib.contextmanager
+def staged(kernel: Path, initrd: Path, cmdline: str) -> Iterator[Staged]:
+    """A temporary spool directory holding the pair and its manifest."""
+    with tempfile.TemporaryDirectory(prefix="lilo.ssi-push.") as tmp:
+        work = Path(tmp) / "pair"
+        work.mkdir()
+        _link_or_copy(kernel, work / KERNEL)
+        _link_or_copy(initrd, work / INITRD)
+        # Hash the staged inodes, not the sources: they are what scp will read.
+        pair = wanted_pair(work / KERNEL, work / INITRD, cmdline)
+        (work / MANIFEST_NAME).write_bytes(manifest_json(pair))
+        final = work.rename(Path(tmp) / f"{PREFIX}{pair.ident()}")
+        yield Staged(final, pair)
+
+
+def _check_spool(spool: Path) -> None:
+    try:
+        st = os.lstat(spool)
+    except OSError as e:
+        raise SsiError(f"{spool}: {e.strerror}") from None
+    # A directory someone else planted there could feed us a kernel of their choosing.
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise SsiError(f"{spool}: not a directory of ours (owner {st.st_uid}, "
+                       f"mode {stat.filemode(st.st_mode)}); refusing it")
+    if not spool.name.startswith(PREFIX):
+        raise SsiError(f"{spool}: not a lilo.ssi spool directory (expected {PREFIX}<id>)")
+
+
+def receive(spool: Path) -> tuple[Path, Path, Pair]:
+    """Kernel, ramdisk and description of a pushed spool, after checking every byte."""
+    _check_spool(spool)
+    path = spool / MANIFEST_NAME
+    try:
+        data = path.read_bytes()
+        manifest = Manifest.parse(data)
+        append = json.loads(data).get("append")
+    except (OSError, ValueError) as e:
+        raise SsiError(f"{path}: unreadable manifest: {e}") from None
+    if not isinstance(append, str):
+        raise SsiError(f"{path}: no kernel arguments (append)")
+    kernel, initrd = spool / KERNEL, spool / INITRD
+    for file, want in ((kernel, manifest.kernel.ident), (initrd, manifest.initrd.ident)):
+        try:
+            got = hash_file(file)
+        except OSError as e:
+            raise SsiError(f"{file}: {e.strerror}") from None
+        if got != want:
+            raise SsiError(f"{file}: received {got.size} bytes xxh3 {got.xxh3_128}, "
+                           f"expected {want.size} bytes xxh3 {want.xxh3_128}",
+                           hint="the transfer was cut short or corrupted; push again")
+    return kernel, initrd, Pair(manifest.kernel.ident, manifest.initrd.ident, append)
+
+
+def discard(spool: Path) -> None:
+    if spool.name.startswith(PREFIX) and not spool.is_symlink():
+        shutil.rmtree(spool, ignore_errors=True)
