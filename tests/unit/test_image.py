@@ -1,0 +1,150 @@
+"""Image segments, compression and the segment cache: reproducible, readable, cpio-clean."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from mkinitrd_ssi import image
+from mkinitrd_ssi.cpio import Archive, Entry, read_archive
+from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.image import Compression, SegmentCache
+
+
+@pytest.fixture(autouse=True)
+def fast_zstd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Level 19 costs seconds a megabyte; what these tests check holds at any level."""
+    monkeypatch.setattr(image, "ZSTD_LEVEL", 3)
+    monkeypatch.setattr(image, "ZSTD_JOB", 1 << 19)  # zstd's smallest job
+    monkeypatch.setattr(image, "SEGMENT_MIN", 64 << 10)
+
+
+def make_archive(seed: int = 0, etc: bytes = b"table\n") -> Archive:
+    """Two big top directories and a few small ones, with compressible but varied data."""
+    arc = Archive()
+    blob = b"".join(i.to_bytes(4, "little") * 3 for i in range(seed, seed + 10_000))
+    arc.data("ssi/agent/lib.so", blob, 0o755)
+    arc.data("lib/modules/k/a.ko", blob[::-1])
+    arc.data("lib/x86_64-linux-gnu/libc.so.6", b"libc" * 1000)
+    arc.data("etc/ssitab", etc)
+    arc.symlink("init", "linuxrc")
+    arc.device("dev/null", stat.S_IFCHR, 1, 3, 0o666)
+    arc.dir("proc")
+    return arc
+
+
+def entries(arc: Archive) -> list[Entry]:
+    return list(arc.entries.values())
+
+
+def test_segments_cover_the_tree_in_order_small_keys_share_one() -> None:
+    arc = make_archive()
+    segs = image.segments(entries(arc))
+    flat = [e.path for seg in segs for e in seg]
+    assert flat == sorted(arc.entries, key=os.fsencode)
+    keys = [sorted({image._key(e.path) for e in seg}) for seg in segs]
+    assert ["lib/modules"] in keys and ["ssi/agent"] in keys
+    small = next(k for k in keys if "etc" in k)
+    assert {"dev", "etc", "init", "lib"} <= set(small)
+
+
+@pytest.mark.parametrize("how", [Compression.ZSTD, Compression.GZIP])
+def test_every_compressed_member_is_a_whole_archive(how: Compression) -> None:
+    arc = make_archive()
+    data = image.build(entries(arc), how, 0)
+    rest, count = data, 0
+    while rest:
+        out, rest = image._decompress_one(rest, how)
+        members, end = read_archive(out)  # ends on its own trailer: what the kernel demands
+        assert end == len(out) and members
+        count += 1
+    assert count == len(image.segments(entries(arc))) > 1
+    assert {m.path for m in image.read_image(data)} == set(arc.entries)
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
+def test_uncompressed_image_is_one_archive_gnu_cpio_reads_whole() -> None:
+    arc = make_archive()
+    data = image.build(entries(arc), Compression.NONE, 0)
+    out = subprocess.run(["cpio", "-t", "--quiet"], input=data, capture_output=True,
+                         check=True).stdout.decode().split()
+    assert out == sorted(arc.entries, key=os.fsencode)
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd not installed")
+def test_zstd_cli_decompresses_the_image() -> None:
+    data = image.build(entries(make_archive()), Compression.ZSTD, 0)
+    subprocess.run(["zstd", "-t", "-q"], input=data, check=True)
+
+
+@pytest.mark.parametrize("how", list(Compression))
+def test_two_builds_are_byte_identical(how: Compression) -> None:
+    assert image.build(entries(make_archive()), how, 0) == \
+        image.build(entries(make_archive()), how, 0)
+
+
+def test_zstd_output_does_not_depend_on_the_core_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = b"".join(i.to_bytes(4, "little") for i in range(400_000))  # three zstd jobs
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    one = image.compress(raw, Compression.ZSTD)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert image.compress(raw, Compression.ZSTD) == one
+    assert zstandard.ZstdDecompressor().decompress(one) == raw
+
+
+def test_gzip_header_has_no_time_or_name() -> None:
+    data = image.compress(b"x" * 100, Compression.GZIP)
+    assert data[4:8] == b"\0\0\0\0" and not data[3] & 0x08  # MTIME 0, no FNAME flag
+    assert gzip.decompress(data) == b"x" * 100
+
+
+def test_cache_reuses_unchanged_segments_and_gives_the_same_bytes(tmp_path: Path) -> None:
+    cache = SegmentCache(tmp_path / "seg")
+    first = image.build(entries(make_archive()), Compression.ZSTD, 0, cache)
+    assert (cache.hits, cache.misses) == (0, len(list((tmp_path / "seg").iterdir())))
+    edited = make_archive(etc=b"table with one more node\n")
+    cache2 = SegmentCache(tmp_path / "seg")
+    warm = image.build(entries(edited), Compression.ZSTD, 0, cache2)
+    assert cache2.misses == 1 and cache2.hits == len(image.segments(entries(edited))) - 1
+    assert warm == image.build(entries(edited), Compression.ZSTD, 0)  # cache changes nothing
+    assert warm != first
+
+
+def test_prune_drops_only_old_segments(tmp_path: Path) -> None:
+    d = tmp_path / "seg"
+    d.mkdir()
+    old, new = d / "old.zstd", d / "new.zstd"
+    old.write_bytes(b"1")
+    new.write_bytes(b"2")
+    os.utime(old, (0, 0))
+    SegmentCache(d).prune()
+    assert not old.exists() and new.exists()
+
+
+def test_read_image_takes_a_raw_archive_before_a_compressed_one() -> None:
+    """As Debian's early-microcode images are laid out."""
+    early = Archive()
+    early.data("kernel/x86/microcode/GenuineIntel.bin", b"ucode")
+    buf = io.BytesIO()
+    early.write(buf)
+    data = buf.getvalue() + b"\0" * 512 + image.build(entries(make_archive()),
+                                                        Compression.ZSTD, 0)
+    paths = [m.path for m in image.read_image(data)]
+    assert paths[:4] == ["kernel", "kernel/x86", "kernel/x86/microcode",
+                         "kernel/x86/microcode/GenuineIntel.bin"]
+    assert "etc/ssitab" in paths
+
+
+def test_read_image_rejects_what_is_not_an_image() -> None:
+    with pytest.raises(SsiError, match="unknown data"):
+        image.read_image(b"PK\x03\x04 zip file")
+    with pytest.raises(SsiError, match="corrupt"):
+        image.read_image(image.ZSTD_MAGIC + b"\xff" * 20)
