@@ -18,6 +18,7 @@ from typing import Any
 from mkinitrd_ssi import cli, netboot
 from mkinitrd_ssi.atomic import replace_if_changed, staged_file
 from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.localsync import publish_manifest
 from mkinitrd_ssi.run import log
 
 PROG = "lilo.ssi"
@@ -168,6 +169,10 @@ def publish(args: argparse.Namespace) -> int:
         published: dict[str, Any] = {"set": None, "changed": []}
     else:
         result = netboot.publish(tftpboot, kernel, initrd, cmdline)
+        if kernel.parent == initrd.parent == root("/boot"):
+            # Booting local nodes copy the shared root's default pair only when
+            # it matches this manifest, so they never take a half-installed one.
+            publish_manifest(kernel, initrd)
         state = "published: " + ", ".join(result.changed) if result.changed else "unchanged"
         print(f"{tftpboot}: {state} (set {result.set_name})", file=out)
         published = {"set": result.set_name, "changed": result.changed}

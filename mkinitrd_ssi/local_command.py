@@ -16,6 +16,7 @@ from typing import Any
 from linuxrc_agent.ssitab import Node
 from mkinitrd_ssi import cli, localnode, pairspool
 from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.localsync import local_only
 from mkinitrd_ssi.run import log
 
 
@@ -50,8 +51,6 @@ def _sync(args: argparse.Namespace, boot: Path, kernel: Path, initrd: Path,
         if have is not None and have.satisfies(want):
             return _report(args, str(boot), "unchanged")
         return _report(args, str(boot), "stale", "would update (dry run)")
-    from mkinitrd_ssi.localsync import local_only
-
     log.info("syncing %s from %s + %s with: %s", boot, kernel, initrd, cmdline)
     result = local_only(boot, kernel, initrd, cmdline)
     return _report(args, str(boot), result.status.value, result.reason)

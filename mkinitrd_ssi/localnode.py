@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from linuxrc_agent import mac_match
 from linuxrc_agent.disk_sync import EXTLINUX, Bootloader, hash_file
 from linuxrc_agent.ssitab import BootDev, BootDevKind, Node, Ssitab
 from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.localsync import mounted
 from mkinitrd_ssi.pairspool import Pair
-from mkinitrd_ssi.run import log, run
+from mkinitrd_ssi.run import log
 
 _BY = {BootDevKind.LABEL: "by-label", BootDevKind.UUID: "by-uuid",
        BootDevKind.PARTUUID: "by-partuuid"}
@@ -64,20 +64,6 @@ def find_bootdev(bootdev: BootDev, dev: Path = Path("/dev")) -> Path | None:
     return None
 
 
-@contextlib.contextmanager
-def mounted(device: Path) -> Iterator[Path]:
-    """device mounted on a private temporary directory, unmounted whatever happens."""
-    with tempfile.TemporaryDirectory(prefix="lilo.ssi-boot.") as mnt:
-        # A partition already mounted (say on /boot) mounts again here just the
-        # same: the kernel shares its superblock, so nothing is torn by two views.
-        run(["mount", "-o", "noatime", str(device), mnt], capture=True)
-        log.info("mounted %s on %s", device, mnt)
-        try:
-            yield Path(mnt)
-        finally:
-            run(["umount", mnt], capture=True)
-
-
 def installed_pair(boot_dir: Path, bootloader: Bootloader = EXTLINUX) -> Pair | None:
     """The pair boot_dir would boot, hashed from the files themselves (not the
     config's record), so a damaged local copy reads as stale; None if none."""
@@ -108,7 +94,8 @@ class NotLocal(Exception):
 
 
 @contextlib.contextmanager
-def boot_partition(boot_dir: Path | None, node_of: Callable[[], Node]) -> Iterator[Path]:
+def boot_partition(boot_dir: Path | None, node_of: Callable[[], Node],
+                   dev: Path = Path("/dev")) -> Iterator[Path]:
     """The boot partition as a directory: --boot-dir as given, else this node's
     bootdev from ssitab, mounted for the duration."""
     if boot_dir is not None:
@@ -119,10 +106,13 @@ def boot_partition(boot_dir: Path | None, node_of: Callable[[], Node]) -> Iterat
     node = node_of()
     if not node.local or node.bootdev is None:
         raise NotLocal(f"node {node.number} has no local boot flag in ssitab")
-    device = find_bootdev(node.bootdev)
+    device = find_bootdev(node.bootdev, dev)
     if device is None:
         raise NoBootPartition(
             f"node {node.number}: no partition {node.bootdev} (create it: fdisk, "
             f"mkfs with that label or UUID, provision extlinux; then run lilo.ssi --local-only)")
-    with mounted(device) as mnt:
+    log.info("mounting %s (%s)", device, node.bootdev)
+    # A partition already mounted (say on /boot) mounts here just the same:
+    # the kernel shares its superblock, so the two views cannot tear anything.
+    with mounted(device, "noatime") as mnt:
         yield mnt
