@@ -356,6 +356,10 @@ class _Parser:
 
     def address(self, lineno: int, col: int, word: str) -> tuple[int, int] | None:
         addr, slash, pfx = word.partition("/")
+        ip = _parse_ipv4(addr)
+        if ip is None:
+            self.error(lineno, col, f"bad IPv4 address '{addr}'; expected four decimal "
+                       "octets 0-255 with an optional /prefix, e.g. 10.0.0.11/24")
         prefix: int | None = DEFAULT_PREFIX
         if slash:
             prefix = int(pfx) if _is_decimal(pfx, 2) else None
@@ -363,10 +367,7 @@ class _Parser:
                 self.error(lineno, col + len(addr), f"bad prefix '/{pfx}'; expected "
                            "/1 to /32, e.g. 10.0.0.11/24")
                 prefix = None
-        ip = _parse_ipv4(addr)
         if ip is None:
-            self.error(lineno, col, f"bad IPv4 address '{addr}'; expected four decimal "
-                       "octets 0-255 with an optional /prefix, e.g. 10.0.0.11/24")
             return None
         first = ip >> 24
         if first == 0 or first == 127 or first >= 224:
@@ -483,9 +484,9 @@ class _Parser:
                     self.error(lineno, here, f"option '{key}' given twice; give it once")
                     ok = False
                 elif key == "hostname" and not is_valid_hostname(value):
-                    self.error(lineno, here, f"bad hostname '{value}'; expected RFC 1123 "
-                               "labels of letters, digits and inner hyphens, the last "
-                               "one not all digits, e.g. n3")
+                    self.error(lineno, here + len(key) + 1, f"bad hostname '{value}'; "
+                               "expected RFC 1123 labels of letters, digits and inner "
+                               "hyphens, the last one not all digits, e.g. n3")
                     ok = False
                 else:
                     options[key] = (here + len(key) + 1, value)
