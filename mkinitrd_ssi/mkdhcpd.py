@@ -55,18 +55,30 @@ def _boot_file(text: str) -> str:
     return text
 
 
-def _validate(argv: list[str], fmt: Format) -> None:
+def _checker_detail(output: str, tmp: Path, shown_as: str) -> str:
+    """The checker's complaint in one line: what names the file (and the line after it,
+    which dhcpd uses to quote the offending text), else its last lines."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    picked: list[str] = []
+    for index, line in enumerate(lines):
+        if str(tmp) in line:
+            picked.extend(lines[index:index + 2])
+            break
+    picked = picked or [line for line in lines if "error" in line.lower()][:2] or lines[-3:]
+    return " | ".join(line.replace(str(tmp), shown_as) for line in picked)
+
+
+def _validate(argv: list[str], fmt: Format, tmp: Path, output: Path, proto: Path) -> None:
     if shutil.which(argv[0]) is None:
         log.info("%s not installed: generated %s config not checked by the server", argv[0],
                  fmt.value)
         return
     result = run(argv, check=False, capture=True)
     if result.returncode != 0:
-        text = (result.stdout + result.stderr).decode(errors="replace").strip()
-        detail = [line for line in text.splitlines() if line.strip()][-3:]
-        raise SsiError(f"{argv[0]} rejected the generated config; old file kept: "
-                       + " | ".join(detail),
-                       hint="check the proto for syntax errors")
+        text = (result.stdout + result.stderr).decode(errors="replace")
+        raise SsiError(f"{argv[0]} rejected the generated config, {output} left as it was: "
+                       + _checker_detail(text, tmp, f"{output.name} (new)"),
+                       hint=f"the error is most likely in the proto, {proto}")
     log.info("%s accepts the generated config", argv[0])
 
 
@@ -93,7 +105,7 @@ def generate(args: argparse.Namespace) -> int:
 
     def validate(path: Path) -> None:
         if not args.no_check:
-            _validate(back.check(str(path)), back.format)
+            _validate(back.check(str(path)), back.format, path, output, proto_path)
 
     if args.dry_run:
         try:

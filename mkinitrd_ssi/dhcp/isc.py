@@ -31,7 +31,8 @@ def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
 
 
 def check(path: str) -> list[str]:
-    return ["dhcpd", "-t", "-q", "-4", "-cf", path]
+    # Without -q: dhcpd prints the file, line and offending text of an error.
+    return ["dhcpd", "-t", "-4", "-cf", path]
 
 
 _DENY = re.compile(r"^\s*deny\s+unknown-clients\s*;", re.MULTILINE)
