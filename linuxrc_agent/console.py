@@ -29,22 +29,48 @@ def debugging() -> bool:
     return _debug
 
 
-def refine_start(stat_path: str = "/proc/self/stat") -> float:
-    """Move the start to this process's exec (needs /proc); return Python's own start-up cost.
+def refine_start(kmsg: str = "/dev/kmsg") -> float:
+    """Move the start back to the kernel's exec of /init; return the interpreter's start-up time.
 
-    /proc/PID/stat field 22 is the start time in clock ticks since boot,
-    on the same CLOCK_BOOTTIME the agent measures with.
+    Python's clock starts after the PyInstaller bootloader and the
+    interpreter have run, seconds later under emulation. /proc/1/stat cannot
+    say when /init was exec'd (PID 1's start time is the fork of the kernel's
+    init thread), but the kernel logs "Run /init as init process" with its
+    timestamp (local_clock, since boot, as CLOCK_BOOTTIME).
     """
     global _clock_start
-    try:
-        with open(stat_path, "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
+    started = _exec_time(kmsg)
+    if started is None or not 0 < started <= _clock_start:
         return 0.0
-    startup = max(0.0, _clock_start - started)
-    _clock_start = min(_clock_start, started)
+    startup = _clock_start - started
+    _clock_start = started
     return startup
+
+
+def _exec_time(kmsg: str) -> float | None:
+    try:
+        fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    found = None
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192)  # one record per read: "prio,seq,usec,flags;text"
+            except BlockingIOError:
+                break
+            except OSError:
+                continue  # EPIPE: records overwritten while reading; go on with the next
+            if not record:
+                break
+            head, _, text = record.partition(b";")
+            if text.startswith(b"Run ") and b" as init process" in text:
+                found = int(head.split(b",")[2]) / 1e6
+    except (ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
+    return found
 
 
 def elapsed() -> float:

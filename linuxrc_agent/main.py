@@ -25,7 +25,7 @@ import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import NoReturn
 
 from linuxrc_agent import cmdline as cmdline_mod
@@ -54,25 +54,27 @@ class Stage(enum.Enum):
 
 
 class BootError(Exception):
-    """An expected failure: what failed, and what the admin should check."""
+    """An expected failure: what failed, what the agent saw, what the admin should check."""
 
-    def __init__(self, what: str, checks: Sequence[str] = ()) -> None:
+    def __init__(self, what: str, checks: Sequence[str] = (),
+                 details: Sequence[str] = ()) -> None:
         super().__init__(what)
         self.what = what
         self.checks = tuple(checks)
+        self.details = tuple(details)
 
 
-@dataclass
 class Boot:
     """What the stages learn, handed from one to the next."""
 
-    cmdline: Cmdline = field(default_factory=Cmdline)
-    loader: modules.Loader | None = None
-    scanner: Scanner = field(default_factory=Scanner)
-    root: Probed | None = None
-    node: NodeEnv = field(default_factory=NodeEnv)
-    kver: str = ""
-    notes: list[str] = field(default_factory=list)  # for the debug log, once debug is known
+    def __init__(self) -> None:
+        self.cmdline = Cmdline()
+        self.loader: modules.Loader | None = None
+        self.scanner = Scanner()
+        self.root: Probed | None = None
+        self.node = NodeEnv()
+        self.kver = ""
+        self.notes: list[str] = []  # for the debug log, once debug is known
 
 
 # --- the stages -----------------------------------------------------------------------
@@ -86,7 +88,7 @@ def mount_api(boot: Boot) -> None:
     boot.kver = _read_first_line(modules.KVER_FILE) or os.uname().release
     console.say(f"ssi-boot agent on kernel {os.uname().release}, "
                 f"{console.uptime():.2f} s after kernel start")
-    boot.notes.extend([*notes, f"python start-up took {startup:.2f} s"])
+    boot.notes.extend([*notes, f"from exec of /init to Python's main: {startup:.2f} s"])
 
 
 def parse_cmdline(boot: Boot) -> None:
@@ -137,7 +139,7 @@ def wait_devices(boot: Boot) -> None:
         boot.scanner.devices()  # the nodes, for the rescue shell at least
         raise BootError("no root= on the kernel command line",
                         ["add root=/dev/NAME, root=LABEL=..., root=UUID=... or root=PARTUUID=... "
-                         "to the kernel arguments (lilo.ssi --cmdline)", *_seen(boot)])
+                         "to the kernel arguments (lilo.ssi --cmdline)"], _seen(boot))
     spec = partitions.parse_spec(c.root)
     if spec is None:
         raise BootError(f"root={c.root}: not a form this agent resolves",
@@ -146,8 +148,11 @@ def wait_devices(boot: Boot) -> None:
     found = partitions.wait_for(spec, c.timeout, boot.scanner, _rescanner(boot))
     if found is None:
         raise BootError(f"root device {spec} not found within {c.timeout:g} s",
-                        [*_seen(boot), *_missing(boot),
-                         f"a slow disk: a longer ssi.timeout= (now {c.timeout:g})"])
+                        [f"root={c.root} names the shared root"
+                         + (" (labels are case-sensitive)" if c.root.startswith("LABEL=") else ""),
+                         "the disk is attached and its controller's driver is in the ramdisk",
+                         f"a slow disk: a longer ssi.timeout= (now {c.timeout:g})"],
+                        [*_seen(boot), *_missing(boot)])
     others = [p for p in boot.scanner.find(spec) if p is not found]
     if others:
         console.warn(f"{spec} matches {len(others) + 1} devices; using {found.dev.path}, not "
@@ -177,7 +182,8 @@ def mount_root(boot: Boot) -> None:
         _mount_root_device(boot)
     problem = check_init(NEWROOT, c.init)
     if problem is not None:
-        raise BootError(problem, [f"the shared root ({c.root}) is the right filesystem",
+        where = boot.root.describe() if boot.root else c.root
+        raise BootError(problem, [f"root={c.root} is the shared root; it is {where}",
                                   "init= names the right program (default /sbin/init)"])
 
 
@@ -193,7 +199,8 @@ def _mount_root_device(boot: Boot) -> None:
                          "ssi.debug)", "rootfstype= names its type if the agent cannot tell"])
     if fstype not in mounts.supported_filesystems() and boot.loader is not None:
         try:
-            boot.loader.load_filesystem(fstype)
+            loaded = boot.loader.load_filesystem(fstype)
+            console.debug(f"root: loaded {' '.join(loaded) or 'no module'} for {fstype}")
         except (OSError, ValueError) as e:
             console.warn(f"root: cannot load the {fstype} module: {e}")
     flags, data = mounts.parse_options(c.rootflags, MS_RDONLY if c.readonly else 0)
@@ -283,6 +290,8 @@ def _attempt(stage: Stage, step: Callable[[Boot], None], boot: Boot) -> bool:
         step(boot)
     except BootError as e:
         console.fatal(f"{stage.value}: {e.what}")
+        for line in e.details:
+            console.say(f"  {line}")
         for check in e.checks:
             console.say(f"  check: {check}")
         return False
@@ -323,27 +332,32 @@ def _rescanner(boot: Boot) -> Callable[[], None]:
 def _seen(boot: Boot) -> list[str]:
     seen = [p.describe() for p in boot.scanner.probed()]
     if not seen:
-        return ["no block device at all in /proc/partitions: is the disk attached, "
-                "and its controller's driver in the ramdisk?"]
-    return ["the block devices seen:", *(f"  {line}" for line in seen)]
+        return ["no block device at all in /proc/partitions"]
+    return ["block devices seen:", *(f"  {line}" for line in seen)]
 
 
 def _missing(boot: Boot) -> list[str]:
+    """Devices without a driver: storage and network ones named, the rest counted."""
     if boot.loader is None:
         return []
     alias_file = f"/lib/modules/{boot.kver}/modules.alias"
     lines = []
+    others: set[str] = set()
     for m in modules.missing_drivers(boot.loader, alias_file):
-        names = ", ".join(m.modules)
-        where = m.device.syspath.rsplit("/", 1)[-1]
-        if m.carried:
-            lines.append(f"device {where} ({m.device.modalias}) has no driver, although the "
-                         f"ramdisk carries {names}: see the module warnings above")
+        names = ",".join(m.modules)
+        if not m.important:
+            others.update(m.modules)
+        elif m.carried:
+            lines.append(f"  {m.name} ({m.device.modalias}) has no driver although the ramdisk "
+                         f"carries {names}: see the module warnings above")
         else:
-            lines.append(f"device {where} ({m.device.modalias}) needs module {names}, not in "
-                         f"this ramdisk; rebuild with mkinitrd.ssi --add-modules "
-                         f"{m.modules[0]}")
-    return lines
+            one = "module" if len(m.modules) == 1 else "one of the modules"
+            lines.append(f"  {m.name} ({m.device.modalias}) needs {one} {names}, not in this "
+                         f"ramdisk; rebuild with mkinitrd.ssi --add-modules {names}")
+    if others:
+        lines.append(f"  other devices lack {', '.join(sorted(others))} "
+                     "(not storage or network: not needed to boot)")
+    return ["devices without a driver:", *lines] if lines else []
 
 
 def _traceback(e: BaseException) -> None:
@@ -363,15 +377,19 @@ def _read_first_line(path: str) -> str:
         return ""
 
 
-def main() -> NoReturn:
-    """The entry point of /init. Never returns."""
+def main(import_start: float | None = None) -> NoReturn:
+    """The entry point of /init (`import_start`: CLOCK_BOOTTIME before importing us). Never
+    returns."""
     if os.getpid() != 1:
         console.fatal("not PID 1: this is the ramdisk's init and runs only as PID 1 "
                       "(to look into an image: mkinitrd.ssi --list IMAGE)")
         raise SystemExit(1)
     try:
         proc.as_pid1()
-        run(Boot())
+        boot = Boot()
+        if import_start is not None:
+            boot.notes.append(f"importing the agent: {console.uptime() - import_start:.3f} s")
+        run(boot)
         console.fatal("the boot sequence ended without starting init")
     except BaseException as e:
         console.fatal(f"unexpected {type(e).__name__}: {e}")

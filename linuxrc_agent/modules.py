@@ -22,8 +22,9 @@ import errno
 import fnmatch
 import os
 import struct
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from linuxrc_agent import console
 from linuxrc_agent.syscalls import MODULE_INIT_COMPRESSED_FILE, finit_module
@@ -63,8 +64,7 @@ def loaded_modules(path: str = "/proc/modules") -> set[str]:
 # --- .modinfo -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModInfo:
+class ModInfo(NamedTuple):
     name: str
     path: str
     aliases: tuple[str, ...] = ()
@@ -172,8 +172,7 @@ def read_alias_file(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(NamedTuple):
     syspath: str  # /sys/bus/pci/devices/0000:00:04.0
     modalias: str
     bound: bool  # a driver has claimed it
@@ -207,26 +206,31 @@ def devices(sys: str = "/sys") -> list[Device]:
 # --- loading --------------------------------------------------------------------------
 
 
-@dataclass
+_NO_DEVICE = (errno.ENODEV, errno.ENXIO)
+_WHY = {
+    errno.ENOENT: "unknown symbol: a module it needs is missing or failed",
+    errno.ENOEXEC: "not a module for this kernel (wrong version or format)",
+    errno.EKEYREJECTED: "signature rejected (module signing enforced)",
+    errno.EBADMSG: "signature invalid (module signing enforced)",
+    errno.ENODEV: "nothing for it to drive here (device or CPU feature absent)",
+}
+
+
+def describe_error(err: int) -> str:
+    text = os.strerror(err)
+    return f"{text} ({_WHY[err]})" if err in _WHY else text
+
+
 class LoadReport:
-    mode: str = "auto"
-    loaded: list[str] = field(default_factory=list)
-    already: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # name -> reason
-    seconds: float = 0.0
+    """What loading did, for the console summary."""
 
-
-def _reason(e: OSError) -> str:
-    hints = {
-        errno.ENOENT: "unknown symbol: a module it needs is missing or failed",
-        errno.ENOEXEC: "not a module for this kernel (wrong version or format)",
-        errno.EKEYREJECTED: "signature rejected (module signing enforced)",
-        errno.EBADMSG: "signature invalid (module signing enforced)",
-        errno.ENODEV: "no such device",
-        errno.ENXIO: "no such device",
-    }
-    return f"{os.strerror(e.errno or 0)} ({hints[e.errno]})" if e.errno in hints \
-        else os.strerror(e.errno or 0)
+    def __init__(self) -> None:
+        self.mode = "auto"
+        self.loaded: list[str] = []
+        self.already: list[str] = []
+        self.absent: list[str] = []  # refused: nothing for them to drive
+        self.failed: dict[str, str] = {}  # name -> reason
+        self.seconds = 0.0
 
 
 class Loader:
@@ -250,11 +254,10 @@ class Loader:
     # Metadata, read on first use.
     def infos(self) -> dict[str, ModInfo]:
         if self._infos is None:
-            infos = {}
-            for path in self.order:
-                info = read_modinfo(path)
-                infos[module_name(path)] = info
-            self._infos = infos
+            started = time.monotonic()
+            self._infos = {module_name(p): read_modinfo(p) for p in self.order}
+            console.debug(f"modules: read .modinfo of {len(self.order)} modules in "
+                          f"{time.monotonic() - started:.3f} s")
         return self._infos
 
     def index(self) -> AliasIndex:
@@ -298,15 +301,19 @@ class Loader:
             if name in now_loaded:
                 self.report.already.append(name)
                 continue
-            status = load_file(self.by_name[name], self.params.get(name, ""))
-            if status == "loaded":
+            err = load_file(self.by_name[name], self.params.get(name, ""))
+            if err == 0:
                 self.report.loaded.append(name)
                 new.append(name)
-            elif status == "already":
+            elif err == errno.EEXIST:
                 self.report.already.append(name)
+            elif err in _NO_DEVICE:
+                # Normal when loading all: a driver for hardware this node lacks.
+                self.report.absent.append(name)
+                console.debug(f"module {name}: {describe_error(err)}")
             else:
-                self.report.failed[name] = status
-                console.warn(f"module {name}: {status}")
+                self.report.failed[name] = describe_error(err)
+                console.warn(f"module {name}: {describe_error(err)}")
         return new
 
     def load_all(self) -> list[str]:
@@ -342,60 +349,63 @@ class Loader:
         return self.load(self.closure(names))
 
 
-def load_file(path: str, params: str = "") -> str:
-    """finit_module one file: 'loaded', 'already', or why it failed."""
+def load_file(path: str, params: str = "") -> int:
+    """finit_module one file: 0 when loaded, else the errno (EEXIST: it already was)."""
     flags = MODULE_INIT_COMPRESSED_FILE if path.endswith(_COMPRESSED) else 0
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        return f"cannot open {path}: {e.strerror}"
+        return e.errno or errno.EIO
     try:
         finit_module(fd, params, flags)
     except OSError as e:
-        if e.errno == errno.EEXIST:
-            return "already"
-        return _reason(e)
+        return e.errno or errno.EIO
     finally:
         os.close(fd)
-    return "loaded"
+    return 0
 
 
 # --- what is missing ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Missing:
+class Missing(NamedTuple):
     device: Device
     modules: tuple[str, ...]
     carried: bool  # True: the ramdisk has one of them, but it did not load or bind
 
+    @property
+    def name(self) -> str:
+        return self.device.syspath.rsplit("/", 1)[-1]
+
+    @property
+    def important(self) -> bool:
+        """Storage, network and USB controllers (PCI classes 01, 02, 0c03), virtio and SCSI
+        devices: what a boot waits for."""
+        alias = self.device.modalias
+        if alias.startswith(("virtio:", "scsi:", "nvme:", "usb:")):
+            return True
+        if alias.startswith("pci:"):
+            at = alias.find("bc")
+            return alias[at + 2:at + 4] in ("01", "02") or alias[at + 2:at + 6] == "0C03"
+        return False
+
 
 def missing_drivers(loader: Loader, alias_file: str) -> list[Missing]:
-    """Devices with no driver that a module of this kernel would drive.
+    """Devices with no driver that a module of this kernel would drive, important ones first.
 
-    Only unbound devices count: a bound one works. Storage and network
-    devices come first, as they are what a boot waits for.
+    Only unbound devices count: a bound one works. A device seen on two
+    buses (ACPI and platform) is reported once.
     """
     try:
         index = AliasIndex(read_alias_file(alias_file))
     except OSError:
         return []
-    out = []
+    out = {}
     for dev in devices(loader.sys):
-        if dev.bound:
+        if dev.bound or dev.modalias in out:
             continue
         names = index.match(dev.modalias)
         if names:
             carried = any(n in loader.by_name for n in names)
-            out.append(Missing(dev, tuple(sorted(names)), carried))
-    return sorted(out, key=lambda m: (not _important(m.device.modalias), m.device.syspath))
-
-
-def _important(modalias: str) -> bool:
-    """Storage, network and USB controllers (PCI classes 01, 02, 0c03) and virtio devices."""
-    if modalias.startswith("virtio:"):
-        return True
-    if modalias.startswith("pci:"):
-        at = modalias.find("bc")
-        return modalias[at + 2:at + 4] in ("01", "02") or modalias[at + 2:at + 6] == "0C03"
-    return False
+            out[dev.modalias] = Missing(dev, tuple(sorted(names)), carried)
+    return sorted(out.values(), key=lambda m: (not m.important, m.device.syspath))

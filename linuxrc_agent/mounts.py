@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from linuxrc_agent import devnodes
 from linuxrc_agent.syscalls import (
@@ -35,8 +35,7 @@ from linuxrc_agent.syscalls import (
 )
 
 
-@dataclass(frozen=True)
-class ApiMount:
+class ApiMount(NamedTuple):
     source: str
     target: str
     fstype: str

@@ -15,7 +15,7 @@ import re
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from linuxrc_agent import devnodes
 from linuxrc_agent.probe import Filesystem, PartitionTable, partition_table, probe
@@ -25,8 +25,7 @@ from linuxrc_agent.ssitab import BootDev, BootDevKind, parse_bootdev
 _PART_RE = re.compile(r"^(.*\d)p(\d+)$|^(.*\D)(\d+)$")
 
 
-@dataclass(frozen=True)
-class BlockDev:
+class BlockDev(NamedTuple):
     name: str  # the kernel's name: vda1, nvme0n1p2, cciss!c0d0
     major: int
     minor: int
@@ -34,8 +33,7 @@ class BlockDev:
     path: str  # its node: /dev/vda1, /dev/cciss/c0d0
 
 
-@dataclass(frozen=True)
-class Probed:
+class Probed(NamedTuple):
     dev: BlockDev
     fs: Filesystem | None
     partuuid: str  # "" for whole disks and unknown tables
