@@ -25,7 +25,7 @@ from mkinitrd_ssi.run import log, run
 
 NAME = "linuxrc"
 # Bump when the freezing recipe changes in a way the key does not see.
-RECIPE = "1"
+RECIPE = "2"
 KEEP = 4  # frozen agents kept in the cache (newest first)
 
 # What the agent (standard library, ctypes, xxhash) never imports but PyInstaller would
@@ -119,7 +119,10 @@ def _freeze(package: Path, dest: Path, verbose: bool) -> None:
                 "--log-level", "INFO" if verbose else "WARN"]
         for module in excludes(package):
             argv += ["--exclude-module", module]
-        run([*argv, str(entry)], capture=not verbose)
+        # A fixed hash seed makes PyInstaller's output reproducible (set ordering in the
+        # bytecode it writes), so a re-freeze of the same sources gives the same image.
+        run([*argv, str(entry)], capture=not verbose,
+            env={**os.environ, "PYTHONHASHSEED": "0"})
         built = work / "dist" / NAME
         if not (built / NAME).is_file():
             raise SsiError(f"PyInstaller left no {built / NAME}")

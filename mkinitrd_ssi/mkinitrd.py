@@ -26,6 +26,7 @@ PROG = "mkinitrd.ssi"
 AGENT_DIR = "/ssi/agent"
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: no libraries, every applet
 SKEL = Path(__file__).resolve().parent.parent / "ramdisk_skel"
+AGENT_PACKAGE = Path(linuxrc_agent.__file__).resolve().parent
 DIRS = ("bin", "dev", "etc", "etc/ssi", "lib", "mnt", "newroot", "proc", "run", "sys")
 # As gen_init_cpio ships them: a frozen Python dies without /dev/urandom before devtmpfs.
 DEVICES = (("dev/console", 5, 1, 0o600), ("dev/null", 1, 3, 0o666),
@@ -240,8 +241,7 @@ def build(args: argparse.Namespace) -> int:
 
     arc = Archive()
     add_base(arc)
-    frozen = freeze.frozen_agent(Path(linuxrc_agent.__file__).parent, cache,
-                                 verbose=args.debug)
+    frozen = freeze.frozen_agent(AGENT_PACKAGE, cache, verbose=args.debug)
     elves = add_agent(arc, frozen)
     extra = [] if args.no_busybox else add_busybox(arc)
     libs = add_libraries(arc, frozen, elves, extra)

@@ -1,0 +1,303 @@
+"""mkinitrd.ssi end to end, in-process, with the real frozen agent and a small module tree.
+
+The frozen agent is built once per session (cached under $SSI_CACHE when set, as
+`make` sets it, so later sessions reuse it).
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mkinitrd_ssi import freeze, image, mkinitrd
+from mkinitrd_ssi.cpio import Member
+from mkinitrd_ssi.mkinitrd import main
+
+KVER = "6.1.0-test-amd64"
+TABLE = """\
+# node  ip              mac                  local  bootdev
+1       10.77.0.11/24   52:54:00:12:34:01    0      -
+2       10.77.0.12/24   52:54:00:12:34:02    1      LABEL=ssiboot
+"""
+
+
+@pytest.fixture(scope="session")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A snapshot of the agent's sources: they may be edited while the tests run."""
+    dest = tmp_path_factory.mktemp("agent") / "linuxrc_agent"
+    shutil.copytree(mkinitrd.AGENT_PACKAGE, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory, agent: Path) -> Path:
+    env = os.environ.get("SSI_CACHE")
+    path = Path(env) if env else tmp_path_factory.mktemp("ssi-cache")
+    freeze.frozen_agent(agent, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def env(cache: Path, agent: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(mkinitrd, "AGENT_PACKAGE", agent)
+    monkeypatch.setenv("SSI_CACHE", str(cache))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    # zstd -19 or gzip -9 on a cold cache cost seconds; what is tested holds at any level.
+    monkeypatch.setattr(image, "ZSTD_LEVEL", 3)
+    monkeypatch.setattr(image, "GZIP_LEVEL", 1)
+    monkeypatch.setattr(mkinitrd, "SKEL", tmp_path / "no-skel")
+
+
+def make_moddir(base: Path) -> Path:
+    d = base / "lib/modules" / KVER
+    (d / "kernel/drivers/virtio").mkdir(parents=True)
+    (d / "kernel/drivers/block").mkdir(parents=True)
+    (d / "kernel/drivers/virtio/virtio_ring.ko").write_bytes(b"ring")
+    (d / "kernel/drivers/virtio/virtio.ko").write_bytes(b"virtio")
+    (d / "kernel/drivers/block/virtio_blk.ko.xz").write_bytes(lzma.compress(b"blk"))
+    (d / "kernel/drivers/block/loop.ko").write_bytes(b"loop")
+    (d / "modules.dep").write_text(
+        "kernel/drivers/virtio/virtio_ring.ko:\n"
+        "kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/block/virtio_blk.ko.xz: kernel/drivers/virtio/virtio.ko "
+        "kernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/block/loop.ko:\n")
+    (d / "modules.alias").write_text("alias virtio:d00000002v* virtio_blk\n")
+    (d / "modules.builtin").write_text("kernel/fs/ext4/ext4.ko\n")
+    return d
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "root"
+    (r / "etc").mkdir(parents=True)
+    (r / "etc/ssitab").write_text(TABLE)
+    make_moddir(r)
+    return r
+
+
+def build(root: Path, *extra: str) -> int:
+    return main(["--root", str(root), "--kver", KVER, *extra])
+
+
+def members(path: Path) -> dict[str, Member]:
+    return {m.path: m for m in image.read_image(path.read_bytes())}
+
+
+def test_ramdisk_layout(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert build(root, "--compress", "none") == 0
+    out = root / "boot/initrd-ssi.img"
+    got = members(out)
+    assert got["init"].target == "linuxrc"
+    assert got["linuxrc"].target == "ssi/agent/linuxrc"
+    assert got["ssi/agent/linuxrc"].mode & 0o111
+    assert any(p.startswith("ssi/agent/_internal/") for p in got)
+    assert got["lib64/ld-linux-x86-64.so.2"].target == "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    assert stat.S_ISREG(got["lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"].mode)
+    assert "lib/x86_64-linux-gnu/libc.so.6" in got
+    assert got["bin/sh"].target == "busybox" and got["bin/busybox"].size > 100_000
+    devices = {p: (stat.S_IFMT(m.mode), m.rdev) for p, m in got.items() if p.startswith("dev/")}
+    assert devices == {"dev/console": (stat.S_IFCHR, (5, 1)), "dev/null": (stat.S_IFCHR, (1, 3)),
+                       "dev/urandom": (stat.S_IFCHR, (1, 9)),
+                       "dev/random": (stat.S_IFCHR, (1, 8)),
+                       "dev/kmsg": (stat.S_IFCHR, (1, 11))}
+    for d in ("proc", "sys", "dev", "run", "tmp", "newroot", "mnt"):
+        assert stat.S_ISDIR(got[d].mode), d
+    assert got["tmp"].mode & stat.S_ISVTX
+    assert got["etc/ssitab"].data == TABLE.encode()
+    assert got["etc/ssi/kver"].data == f"{KVER}\n".encode()
+    base = f"lib/modules/{KVER}"
+    assert got["etc/ssi/modules"].data.decode().splitlines() == [
+        f"/{base}/kernel/drivers/virtio/virtio_ring.ko", f"/{base}/kernel/drivers/virtio/virtio.ko",
+        f"/{base}/kernel/drivers/block/virtio_blk.ko"]
+    assert got[f"{base}/kernel/drivers/block/virtio_blk.ko"].data == b"blk"  # decompressed
+    assert f"{base}/kernel/drivers/block/loop.ko" not in got
+    assert got[f"{base}/modules.alias"].data.startswith(b"alias virtio:")
+    assert all(m.uid == 0 and m.gid == 0 and m.mtime == 0 for m in got.values())
+    summary = capsys.readouterr().out.splitlines()[0]
+    assert summary.startswith(f"{out}: written, ") and "3 modules" in summary
+    assert " s" in summary and "files" in summary
+    assert (root / "etc/dhcpd.conf").is_file()  # mkdhcpd ran, without a dhcpd.proto
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
+def test_gnu_cpio_extracts_a_closure_the_loader_accepts(root: Path, tmp_path: Path) -> None:
+    """Extract with GNU cpio, then ask the extracted ld.so (without running anything) to
+    resolve the agent's libraries: every one must come from inside the ramdisk."""
+    assert build(root, "--compress", "none", "--no-dhcpd") == 0
+    dest = tmp_path / "x"
+    dest.mkdir()
+    data = (root / "boot/initrd-ssi.img").read_bytes()
+    proc = subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=data,
+                          cwd=dest, capture_output=True)
+    assert proc.returncode == 0 or os.geteuid() != 0, proc.stderr  # mknod needs root
+    assert (dest / "etc/ssitab").read_text() == TABLE
+    loader = dest / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    internal = dest / "ssi/agent/_internal"
+    libpath = f"{internal}:{dest}/lib/x86_64-linux-gnu"
+    elves = [dest / "ssi/agent/linuxrc", *internal.rglob("*.so*")]
+    for f in elves:
+        if f.is_symlink() or f.read_bytes()[:4] != b"\x7fELF":
+            continue
+        listing = subprocess.run([str(loader), "--inhibit-cache", "--library-path", libpath,
+                                  "--list", str(f)], capture_output=True, text=True, check=True)
+        for line in listing.stdout.splitlines():
+            if "=>" in line:
+                resolved = line.split("=>")[1].split("(")[0].strip()
+                assert resolved.startswith(str(dest)), f"{f.name}: {line.strip()}"
+
+
+def test_two_builds_are_byte_identical(root: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    assert build(root, "-o", str(a), "--no-dhcpd") == 0
+    os.utime(root / "etc/ssitab", (123456, 123456))  # metadata is not content
+    assert build(root, "-o", str(b), "--no-dhcpd") == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes()[:4] == image.ZSTD_MAGIC
+
+
+def test_gzip_builds_are_byte_identical_too(root: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    for out in (a, b):
+        assert build(root, "-o", str(out), "--compress", "gzip", "--no-dhcpd") == 0
+    assert a.read_bytes() == b.read_bytes() and a.read_bytes()[:2] == image.GZIP_MAGIC
+
+
+def test_source_date_epoch(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert build(root, "--compress", "none", "--no-dhcpd") == 0
+    mtimes = {m.mtime for m in members(root / "boot/initrd-ssi.img").values()}
+    assert max(mtimes) <= 1700000000 and max(mtimes) > 0
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    assert build(root, "--no-dhcpd") == 1
+
+
+def test_invalid_ssitab_writes_nothing(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (root / "etc/ssitab").write_text(TABLE + "3 10.77.0.300/24 52:54:00:12:34:03 0 -\n")
+    assert build(root) == 1
+    err = capsys.readouterr().err
+    assert f"{root}/etc/ssitab:4:" in err and "nothing written" in err
+    assert not (root / "boot").exists() and not (root / "etc/dhcpd.conf").exists()
+
+
+def test_dry_run_writes_nothing(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert build(root, "-n") == 0
+    assert "would write" in capsys.readouterr().out
+    assert not (root / "boot").exists() and not (root / "etc/dhcpd.conf").exists()
+
+
+def test_unchanged_image_is_not_rewritten(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert build(root, "--no-dhcpd") == 0
+    img = root / "boot/initrd-ssi.img"
+    before = img.stat()
+    assert build(root, "--no-dhcpd") == 0
+    assert ": unchanged, " in capsys.readouterr().out
+    assert (img.stat().st_ino, img.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_ssitab_edit_neither_refreezes_nor_recompresses_much(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build(root, "--no-dhcpd") == 0
+    with (root / "etc/ssitab").open("a") as f:
+        f.write("3 10.77.0.13/24 52:54:00:12:34:03 0 -\n")
+
+    def no_freeze(*args: object, **kwargs: object) -> None:
+        raise AssertionError("re-froze the agent after an ssitab edit")
+
+    monkeypatch.setattr(freeze, "_freeze", no_freeze)
+    caches: list[image.SegmentCache] = []
+    real = image.SegmentCache
+
+    def spy(directory: Path | None) -> image.SegmentCache:
+        caches.append(real(directory))
+        return caches[-1]
+
+    monkeypatch.setattr(image, "SegmentCache", spy)
+    assert build(root, "--no-dhcpd") == 0
+    assert caches[0].misses == 1 and caches[0].hits >= 2
+    assert b"10.77.0.13" in members(root / "boot/initrd-ssi.img")["etc/ssitab"].data
+
+
+def test_no_busybox(root: Path) -> None:
+    assert build(root, "--no-busybox", "--compress", "none", "--no-dhcpd") == 0
+    got = members(root / "boot/initrd-ssi.img")
+    assert "bin/busybox" not in got and "bin/sh" not in got
+
+
+def test_add_and_omit_modules(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert build(root, "--add-modules", "loop", "--omit-modules", "virtio_blk,nope",
+                 "--compress", "none", "--no-dhcpd") == 0
+    order = members(root / "boot/initrd-ssi.img")["etc/ssi/modules"].data.decode()
+    assert order == f"/lib/modules/{KVER}/kernel/drivers/block/loop.ko\n"
+    capsys.readouterr()
+    assert build(root, "--add-modules", "loop", "--add-modules", "e1000", "--no-dhcpd") == 1
+    assert "e1000" in capsys.readouterr().err
+
+
+def test_absent_default_modules_are_a_verbose_note(root: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert build(root, "-v", "--compress", "none", "--no-dhcpd") == 0
+    err = capsys.readouterr().err
+    assert "skipped: virtio_net " in err and "built into" in err and "ext4" in err
+
+
+def test_moddir_and_missing_kernel(root: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    other = make_moddir(tmp_path / "unpacked")
+    (root / "lib").rename(tmp_path / "gone")
+    assert main(["--root", str(root), "--moddir", str(other), "--compress", "none",
+                 "--no-dhcpd"]) == 0
+    assert build(root, "--no-dhcpd") == 1
+    err = capsys.readouterr().err
+    assert "no such module directory" in err and "--moddir" in err
+
+
+def test_skel_is_copied_but_never_overrides(root: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    skel = tmp_path / "skel"
+    (skel / "etc").mkdir(parents=True)
+    (skel / "etc/motd").write_text("welcome\n")
+    (skel / "etc/ssitab").write_text("stale\n")
+    (skel / "etc/.gitkeep").write_text("")
+    monkeypatch.setattr(mkinitrd, "SKEL", skel)
+    assert build(root, "--compress", "none", "--no-dhcpd") == 0
+    got = members(root / "boot/initrd-ssi.img")
+    assert got["etc/motd"].data == b"welcome\n" and got["etc/ssitab"].data == TABLE.encode()
+    assert "etc/.gitkeep" not in got
+    assert "ramdisk_skel/etc/ssitab ignored" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["zstd", "gzip", "none"])
+def test_list(root: Path, how: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert build(root, "--compress", how, "--no-dhcpd") == 0
+    capsys.readouterr()
+    assert main(["--list", str(root / "boot/initrd-ssi.img")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "lrwxrwxrwx          7 /init -> linuxrc" in lines
+    assert "crw-------        5,1 /dev/console" in lines
+    assert f"-rw-r--r--        {len(TABLE)} /etc/ssitab" in lines
+
+
+def test_list_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list", str(tmp_path / "none.img")]) == 1
+    (tmp_path / "junk.img").write_bytes(b"junk")
+    assert main(["--list", str(tmp_path / "junk.img")]) == 1
+    assert "unknown data" in capsys.readouterr().err
+
+
+def test_agent_without_entry_script_is_an_error(root: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    pkg = tmp_path / "pkg" / "linuxrc_agent"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.setattr(mkinitrd, "AGENT_PACKAGE", pkg)
+    assert build(root, "--no-dhcpd") == 1
+    assert "__main__.py: no such file" in capsys.readouterr().err
