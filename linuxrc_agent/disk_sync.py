@@ -274,7 +274,11 @@ class Manifest(NamedTuple):
 
     @classmethod
     def parse(cls, data: bytes) -> Manifest:
-        """Raises ValueError on anything but a complete manifest of a known format."""
+        """Raises ValueError on anything but a complete manifest of a known format.
+
+        Keys it does not know are ignored: writers may add their own (lilo.ssi's
+        push spool adds the kernel arguments) without a new format number.
+        """
         import json  # only nodes whose shared root carries a manifest pay for it
 
         doc = json.loads(data)
@@ -501,9 +505,8 @@ class _Sync:
             self.ops.mkdir(self.ssi_dir)
             self.ops.fsync_dir(self.boot_dir)
 
-    def clean(self, keep: LocalPair | None) -> int:
-        """Remove what no config names: temp files and pairs of an interrupted sync."""
-        names = {keep.kernel.name, keep.initrd.name} if keep else set()
+    def clean(self, names: set[str]) -> int:
+        """Remove from ssi/ all but names (temp files, pairs of an interrupted sync)."""
         cfg_tmp = f".{self.config.name}.tmp-"
         removed = 0
         for directory, prefix, only in ((self.ssi_dir, f"{SSI_DIR}/", ""),
@@ -606,8 +609,17 @@ class _Sync:
             return SyncResult(SyncStatus.UNCHANGED, "; ".join(self.notes))
         if manifest is not None:
             self.check_sizes(manifest, missing, attempt_note)
+        # Whatever the config on disk names stays until the commit, even a config
+        # we did not write (an admin's edit): it is what boots after a power cut.
+        pinned = _referenced(data)
+        for role in list(missing):
+            found = self.already_there(role, wanted[role], current)
+            if found is not None:
+                keep[role] = found
+                missing.remove(role)
+        pinned |= {m.name for m in keep.values()}
         self.make_writable()
-        removed = self.clean(current)
+        removed = self.clean(pinned)
         if removed:
             self.notes.append(f"removed {removed} leftover file(s) of an interrupted sync")
         started = time.monotonic()
@@ -619,7 +631,7 @@ class _Sync:
             # Free the space the unfinished pair took; the config still names the
             # old pair. (A power cut runs no handler: the next sync cleans up.)
             with contextlib.suppress(OSError):
-                self.clean(current)
+                self.clean(pinned)
             raise
         if missing:
             self.ops.fsync_dir(self.ssi_dir)
@@ -628,7 +640,7 @@ class _Sync:
         if new_config != data:
             self.commit(new_config)
         try:
-            self.clean(pair)
+            self.clean({pair.kernel.name, pair.initrd.name})
         except OSError as e:
             self.notes.append(f"old pair not removed ({_describe(e)}); the next sync will")
         if missing:
@@ -637,6 +649,30 @@ class _Sync:
             what = f"{self.loader.name} config only"
         reason = f"wrote {what} in {time.monotonic() - started:.2f} s"
         return SyncResult(SyncStatus.UPDATED, "; ".join([reason, *self.notes]))
+
+    def already_there(self, role: str, ident: FileId | None,
+                      current: LocalPair | None) -> PairMember | None:
+        """The wanted member under its final name, intact: an interrupted sync got that far."""
+        if ident is None:
+            return None
+        member = PairMember(member_name(role, ident.xxh3_128), ident)
+        if current is not None and current.member(role).name == member.name:
+            return None  # just found damaged
+        if not (self.boot_dir / member.name).is_file():
+            return None
+        return member if self.local_intact(member) else None
+
+
+def _referenced(config: bytes | None) -> set[str]:
+    """The ssi/ files a config names, whoever wrote it."""
+    if config is None:
+        return set()
+    names = set()
+    for word in config.decode(errors="replace").replace(",", " ").split():
+        word = word.lstrip("/")
+        if word.startswith(f"{SSI_DIR}/"):
+            names.add(word)
+    return names
 
 
 def _once(hook: Callable[[], None] | None) -> Callable[[], None] | None:

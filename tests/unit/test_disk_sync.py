@@ -355,6 +355,8 @@ def test_manifest_of_other_files_is_ignored(tree: Tree) -> None:
 def test_manifest_round_trip_and_rejects() -> None:
     m = Manifest(ManifestEntry("vmlinuz", ident(b"k")), ManifestEntry("initrd.img", ident(b"i")))
     assert Manifest.parse(m.to_json()) == m
+    extended = m.to_json().replace(b'"format": 1,', b'"format": 1, "append": "quiet",')
+    assert Manifest.parse(extended) == m
     for bad in (b"[]", b'{"format": 2}', b'{"format": 1, "kernel": {"name": "v", "size": -1, '
                 b'"xxh3_128": "00"}}', b"\xff"):
         with pytest.raises(ValueError):
@@ -554,6 +556,59 @@ def test_power_cut_before_every_step_leaves_a_bootable_pair(tmp_path: Path, firs
         assert len(list((t.part / "ssi").iterdir())) == 2
         assert sorted(p.name for p in t.part.iterdir()) == ["extlinux.conf", "ssi"]
     assert seen == ({"none", "new"} if first else {"old", "new"})
+
+
+def referenced_files_intact(part: Path) -> set[str]:
+    """Every ssi/ file the config names exists and hashes to the hash in its name."""
+    names = disk_sync._referenced((part / "extlinux.conf").read_bytes())
+    assert len(names) == 2
+    for name in names:
+        assert hash_file(part / name).xxh3_128 == name.rsplit("-", 1)[1], f"{name} torn"
+    return names
+
+
+def test_power_cut_with_an_admin_edited_config_keeps_what_it_names(tmp_path: Path) -> None:
+    """An edited config is not ours, but until the commit it is what boots: its files stay."""
+    def setup(name: str) -> Tree:
+        t = _setup_old(tmp_path, name, False)
+        config = t.part / "extlinux.conf"
+        config.write_text(config.read_text().replace("TIMEOUT 0", "TIMEOUT 50"))
+        return t
+
+    full = Recorder(setup("full").part)
+    assert Tree(full.part.parent / "root", full.part).sync(ops=full).status \
+        is SyncStatus.UPDATED
+    for cut in range(len(full.trace)):
+        t = setup(f"cut{cut}")
+        old_names = disk_sync._referenced((t.part / "extlinux.conf").read_bytes())
+        with pytest.raises(PowerCut):
+            t.sync(ops=Recorder(t.part, cut=cut))
+        assert referenced_files_intact(t.part) in (old_names, {
+            disk_sync.member_name("kernel", ident(NEW_K).xxh3_128),
+            disk_sync.member_name("initrd", ident(NEW_I).xxh3_128)})
+
+
+def test_members_renamed_before_a_cut_are_reused(tmp_path: Path) -> None:
+    t = _setup_old(tmp_path, "reuse", False)
+    write_manifest(t)
+    commit = next(i for i, step in enumerate(_full_trace(tmp_path)) if step[0] == "rename"
+                  and step[2] == "extlinux.conf")
+    with pytest.raises(PowerCut):
+        t.sync(ops=Recorder(t.part, cut=commit))
+    assert booted_pair(t.part) == (ident(OLD_K), ident(OLD_I))
+    counting = CountingOps()
+    result = t.sync(ops=counting)
+    assert result.status is SyncStatus.UPDATED and "config only" in result.reason
+    assert counting.mutations == 1  # the config's temp file, nothing else created
+    assert booted_pair(t.part) == (ident(NEW_K), ident(NEW_I))
+
+
+def _full_trace(tmp_path: Path) -> list[tuple[str, str, bytes | str]]:
+    t = _setup_old(tmp_path, "trace", False)
+    write_manifest(t)
+    rec = Recorder(t.part)
+    assert t.sync(ops=rec).status is SyncStatus.UPDATED
+    return rec.trace
 
 
 def _durable_states(initial: dict[str, bytes], trace: list[tuple[str, str, bytes | str]],
