@@ -455,3 +455,28 @@ def test_real_checker_accepts_the_examples_and_rejects_a_broken_proto(
     err = capsys.readouterr().err
     assert f"{CHECKERS[tree.fmt]} rejected the generated config" in err
     assert tree.output.read_bytes() == before
+
+
+def test_kea_output_is_the_merged_document(tmp_path: Path) -> None:
+    kea = make_tree(tmp_path, Format.KEA)
+    own = {"hw-address": "52:54:00:00:00:99", "ip-address": "10.77.0.99"}
+    kea.proto.write_text("# Kea comments are allowed\n" + json.dumps({"Dhcp4": {
+        "subnet4": [{"id": 1, "subnet": "10.77.0.0/24", "reservations": [own]},
+                    {"id": 2, "subnet": "10.88.0.0/24"}],
+        "client-classes": [{"name": "ssi-ipxe", "test": "stale"}, {"name": "mine"}],
+        "option-data": [{"name": "domain-name", "data": "with \u0000 \"reservations\": x"}],
+    }}))
+    assert kea.run() == 0
+    text = kea.output.read_text()
+    doc = json.loads(text)["Dhcp4"]
+    first, second = doc["subnet4"]
+    assert first["reservations"][0] == own
+    assert [r["hw-address"] for r in first["reservations"][1:]] == [
+        "52:54:00:12:34:01", "52:54:00:12:34:02", "52:54:00:12:34:03", "52:54:00:12:34:13"]
+    assert second["reservations"] == [] and "boot-file-name" not in second
+    assert [c["name"] for c in doc["client-classes"]] == ["mine", "ssi-ipxe"]
+    assert doc["ip-reservations-unique"] is False
+    assert doc["option-data"][0]["data"] == 'with \u0000 "reservations": x'
+    # One reservation per line keeps a 100,000-node file readable and diffable.
+    assert '\n          {"hw-address": "52:54:00:12:34:13", "ip-address": "10.77.0.13", ' \
+           '"hostname": "n3"}\n' in text
