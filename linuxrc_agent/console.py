@@ -63,9 +63,11 @@ def _exec_time(kmsg: str) -> float | None:
                 continue  # EPIPE: records overwritten while reading; go on with the next
             if not record:
                 break
-            head, _, text = record.partition(b";")
-            if text.startswith(b"Run ") and b" as init process" in text:
-                found = int(head.split(b",")[2]) / 1e6
+            # One record per read from /dev/kmsg; a plain file (tests) gives many at once.
+            for line in record.split(b"\n"):
+                head, _, text = line.partition(b";")
+                if text.startswith(b"Run ") and text.endswith(b" as init process"):
+                    found = int(head.split(b",")[2]) / 1e6
     except (ValueError, IndexError):
         return None
     finally:
