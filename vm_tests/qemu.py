@@ -146,7 +146,7 @@ class Vm:
 
     def node_env(self, timeout: float = 120.0) -> dict[str, str]:
         """The /run/ssi/node.env the shared root's test init printed."""
-        match = self.wait_for(f"{ENV_BEGIN}\\r?\\n(.*?){ENV_END}", timeout)
+        match = self.wait_for(f"(?s){ENV_BEGIN}\\r?\\n(.*?){ENV_END}", timeout)
         return parse_env(match.group(1))
 
 
