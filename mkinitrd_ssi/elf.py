@@ -127,6 +127,12 @@ class Resolver:
         self.library_path = list(library_path)
         self._info: dict[str, ElfInfo | None] = {}
 
+    def with_library_path(self, library_path: Sequence[str]) -> Resolver:
+        """The same sysroot and parsed files, another LD_LIBRARY_PATH."""
+        other = Resolver(self.sysroot, library_path)
+        other._info = self._info
+        return other
+
     def host(self, path: str) -> Path:
         return self.sysroot / path.lstrip("/")
 

@@ -149,15 +149,21 @@ class SegmentCache:
             log.info("cannot cache a compressed segment in %s: %s", path.parent, e.strerror)
 
     def prune(self) -> None:
-        if self.directory is None or not self.directory.is_dir():
-            return
-        limit = time.time() - CACHE_MAX_AGE
-        for path in self.directory.iterdir():
-            try:
-                if path.stat().st_mtime < limit:
-                    path.unlink()
-            except OSError:
-                pass
+        if self.directory is not None:
+            prune(self.directory)
+
+
+def prune(directory: Path, max_age: float = CACHE_MAX_AGE) -> None:
+    """Remove the files of a cache directory not used (mtime touched) for max_age seconds."""
+    if not directory.is_dir():
+        return
+    limit = time.time() - max_age
+    for path in directory.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime < limit:
+                path.unlink()
+        except OSError:
+            pass
 
 
 def build(entries: Sequence[Entry], how: Compression, epoch: int,

@@ -125,8 +125,9 @@ def add_libraries(arc: Archive, frozen: Path, elves: list[str], extra_roots: lis
     internal = str(frozen / "_internal")
     # PyInstaller's bootloader first runs with the system's search path, then re-execs
     # itself with LD_LIBRARY_PATH=_internal for the rest: resolve it both ways.
-    found = elf.Resolver().closure([exe, *extra_roots], extra=elf.DLOPENED_BY_LIBC)
-    found += elf.Resolver(library_path=[internal]).closure(elves)
+    resolver = elf.Resolver()
+    found = resolver.closure([exe, *extra_roots], extra=elf.DLOPENED_BY_LIBC)
+    found += resolver.with_library_path([internal]).closure(elves)
     inside = str(frozen) + "/"
     added = 0
     for inst in found:
@@ -263,6 +264,7 @@ def build(args: argparse.Namespace) -> int:
         print(f"{output}: {'written' if changed else 'unchanged'}, {size}, {counts}, "
               f"{seconds:.2f} s")
         segments.prune()
+        image.prune(cache / "modules")
     return 0 if args.no_dhcpd else _run_mkdhcpd(args)
 
 
