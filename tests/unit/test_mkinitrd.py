@@ -202,7 +202,11 @@ def test_unchanged_image_is_not_rewritten(root: Path, capsys: pytest.CaptureFixt
 
 
 def test_ssitab_edit_neither_refreezes_nor_recompresses_much(
-        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        root: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private = tmp_path / "cache"  # the frozen agent shared, the segments this test's own
+    private.mkdir()
+    (private / "agent").symlink_to(cache / "agent")
+    monkeypatch.setenv("SSI_CACHE", str(private))
     assert build(root, "--no-dhcpd") == 0
     with (root / "etc/ssitab").open("a") as f:
         f.write("3 10.77.0.13/24 52:54:00:12:34:03 0 -\n")
