@@ -324,14 +324,20 @@ class Loader:
         """Load what present devices need, rescanning as loaded drivers reveal new devices."""
         new: list[str] = []
         for _ in range(max_rounds):
+            started = time.monotonic()
+            found = devices(self.sys)
             wanted: set[str] = set()
-            for dev in devices(self.sys):
+            for dev in found:
                 if not dev.bound:
                     wanted |= self.index().match(dev.modalias)
             wanted -= self._done
+            scanned = time.monotonic()
             if not wanted:
                 break
             batch = self.load(self.closure(wanted))
+            console.debug(f"modules: {len(found)} devices scanned in {scanned - started:.3f} s; "
+                          f"loaded {' '.join(batch) or 'nothing'} in "
+                          f"{time.monotonic() - scanned:.3f} s")
             new.extend(batch)
             if not batch:
                 break

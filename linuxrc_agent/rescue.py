@@ -42,23 +42,30 @@ def console_tty(active: str = "/sys/class/tty/console/active") -> str:
     return console.CONSOLE
 
 
-def run_shell(why: str, shell: str = SHELL) -> bool:
-    """Run the rescue shell as a child and wait for it; False when there is none."""
+def run_shell(why: str, shell: str = SHELL, tty: str | None = None) -> bool:
+    """Run the rescue shell on the console as a child and wait for it; False when there is
+    none or it cannot start."""
     if not shell_available(shell):
         return False
     console.say(f"rescue shell: {why}")
     console.say("rescue shell: type 'exit' to continue booting, 'reboot -f' to reboot")
-    tty = console_tty()
+    tty = tty or console_tty()
     env = proc.clean_env(SHELL_ENV)
     import fcntl  # here, not at import: only the rescue path needs it
 
+    # The child reports a failed exec through this pipe; a successful exec closes it.
+    # (An exit status cannot tell: `exit` after a mistyped command also gives 127.)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
     except OSError as e:
+        os.close(report_r)
+        os.close(report_w)
         console.warn(f"cannot start the rescue shell: {e.strerror}")
         return False
     if pid == 0:  # the child: never return into the agent's code
         try:
+            os.close(report_r)
             proc.reset_signals()
             os.setsid()
             fd = os.open(tty, os.O_RDWR)
@@ -69,13 +76,21 @@ def run_shell(why: str, shell: str = SHELL) -> bool:
             if fd > 2:
                 os.close(fd)
             os.execve(shell, ["sh"], env)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.write(report_w, f"{e.filename or shell}: {e.strerror}".encode())
         finally:
             os._exit(127)
+    os.close(report_w)
+    with os.fdopen(report_r, "rb") as report:
+        failure = report.read().decode(errors="replace")
     # Wait for our own child only: a waitpid(-1) here would steal the exit
     # status of children the rest of the agent waits for.
     _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    console.say(f"rescue shell exited ({code})")
+    if failure:
+        console.warn(f"cannot start the rescue shell: {failure}")
+        return False
+    console.say(f"rescue shell exited ({os.waitstatus_to_exitcode(status)})")
     return True
 
 
