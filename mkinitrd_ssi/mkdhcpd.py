@@ -112,6 +112,8 @@ def generate(args: argparse.Namespace) -> int:
             old = output.read_bytes()
         except FileNotFoundError:
             old = None
+        except OSError as e:
+            raise SsiError(f"cannot read {output}: {e.strerror}") from None
         if old == content:
             print(f"{output}: unchanged")
         else:

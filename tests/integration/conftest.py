@@ -1,5 +1,11 @@
-"""Integration tier: after every test module, nothing of this process may be left running
-and no namespace or interface named after it may remain, whether its tests passed or not."""
+"""Integration tier: what a test module starts, it stops, whether its tests pass or fail.
+
+After each module (its fixtures torn down) no process it started may still
+run, and no namespace or interface named after this process that it created
+may remain. Things that already existed when the module began are not its
+doing and are left out (a session-scoped fixture that keeps a server is fine
+as long as a module before this one started it).
+"""
 
 from __future__ import annotations
 
@@ -13,31 +19,33 @@ from mkinitrd_ssi.run import run
 from vm_tests.netns import PREFIX
 
 
-def children() -> list[str]:
-    """Live child processes of this test process: pid and command."""
-    found = []
+def children() -> set[str]:
+    """Live child processes of this test process: 'pid command'."""
+    found = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
         for pid in (task / "children").read_text().split():
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue  # exited meanwhile
-            found.append(f"{pid} {cmd.decode(errors='replace').strip()}")
+            found.add(f"{pid} {cmd.decode(errors='replace').strip()}")
     return found
 
 
-def ours(listing: str) -> list[str]:
+def named_after_us() -> set[str]:
     mine = f"{PREFIX}{os.getpid()}"
-    return [line for line in listing.splitlines() if mine in line]
+    listing = (run(["ip", "netns", "list"], capture=True).stdout
+               + run(["ip", "-o", "link", "show"], capture=True).stdout).decode()
+    return {word.split("@")[0] for line in listing.splitlines() for word in line.split()
+            if word.startswith(mine)}
 
 
 @pytest.fixture(autouse=True, scope="module")
 def nothing_left_behind() -> Iterator[None]:
-    yield
     if os.geteuid() != 0:
+        yield
         return
-    netns = run(["ip", "netns", "list"], capture=True).stdout.decode()
-    links = run(["ip", "-o", "link", "show"], capture=True).stdout.decode()
-    assert ours(netns) == [], "namespaces left behind"
-    assert ours(links) == [], "interfaces left behind"
-    assert children() == [], "processes left running"
+    before_names, before_children = named_after_us(), children()
+    yield
+    assert named_after_us() - before_names == set(), "namespaces or interfaces left behind"
+    assert children() - before_children == set(), "processes left running"

@@ -480,3 +480,12 @@ def test_kea_output_is_the_merged_document(tmp_path: Path) -> None:
     # One reservation per line keeps a 100,000-node file readable and diffable.
     assert '\n          {"hw-address": "52:54:00:12:34:13", "ip-address": "10.77.0.13", ' \
            '"hostname": "n3"}\n' in text
+
+
+def test_unreadable_output_is_a_one_line_error(isc: Tree,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    isc.output.mkdir()  # reading a directory fails whoever we are, root included
+    assert isc.run("--dry-run") == 1
+    assert capsys.readouterr().err == f"{PROG}: cannot read {isc.output}: Is a directory\n"
+    assert isc.run() == 1
+    assert capsys.readouterr().err == f"{PROG}: cannot read {isc.output}: Is a directory\n"
