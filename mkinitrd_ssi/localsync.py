@@ -242,7 +242,7 @@ def attach(target: Path) -> Iterator[tuple[Path, str]]:
                             check=False, capture=True).returncode == 0:
         node, how = _wait_partition(loop), "partx"
     if node is None:
-        run(["losetup", "--detach", str(loop)], check=False, capture=True)
+        _detach(loop, partx=False)
         start = START_SECTOR * SECTOR
         loop = _losetup("--offset", str(start), "--sizelimit", str(_size_of(target) - start),
                         str(target))
@@ -250,9 +250,25 @@ def attach(target: Path) -> Iterator[tuple[Path, str]]:
     try:
         yield node, how
     finally:
-        if how == "partx":
+        _detach(loop, partx=how == "partx")
+
+
+def _detach(loop: Path, *, partx: bool, seconds: float = 5.0) -> None:
+    # A device someone still holds open (a prober scanning /dev, a lazy
+    # umount) detaches only when released: wait for it, so callers can reuse
+    # or delete the image at once.
+    deadline = time.monotonic() + seconds
+    bound = Path(f"/sys/block/{loop.name}/loop")
+    while True:
+        if partx:
             run(["partx", "--delete", str(loop)], check=False, capture=True)
         run(["losetup", "--detach", str(loop)], check=False, capture=True)
+        if not bound.exists():
+            return
+        if time.monotonic() > deadline:
+            log.warning("%s is still busy; it detaches when its last user closes it", loop)
+            return
+        time.sleep(0.1)
 
 
 def _losetup(*args: str) -> Path:
