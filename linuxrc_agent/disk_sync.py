@@ -19,10 +19,12 @@ install directory first), at the partition's root when provisioned by
 
 Commit protocol (a power cut at any instant leaves the old pair or the new):
 
- 1. remove what no config names (leftovers of an interrupted sync), fsync ssi/
+ 1. remove from ssi/ what the config on disk does not name (leftovers of an
+    interrupted sync), fsync ssi/; a config we did not write keeps its files too
  2. each changed member: write ssi/.tmp-*, fsync, drop it from the page cache,
     read it back and compare its xxh3_128 with the hash of the stream copied
-    (and with the manifest's), rename it to ssi/<role>-<hash>
+    (and with the manifest's), rename it to ssi/<role>-<hash>. (A member an
+    interrupted sync already renamed is verified by reading and reused.)
  3. fsync ssi/: both new names are durable
  4. write the new config to a temp file, fsync, rename over the config,
     fsync its directory: the commit
@@ -76,14 +78,14 @@ class SyncStatus(enum.Enum):
     FAILED = "failed"
 
 
-# The records below are NamedTuples, not dataclasses: PID 1 imports this
-# module, and a NamedTuple class costs about half as much to create.
-
-
 @dataclass(frozen=True)
 class SyncResult:
     status: SyncStatus
     reason: str = ""
+
+
+# The records below are NamedTuples, not dataclasses: PID 1 imports this
+# module, and a NamedTuple class costs about half as much to create.
 
 
 class FileId(NamedTuple):
@@ -363,13 +365,18 @@ def _hash_fd(fd: int, ops: FsOps, buf: bytearray) -> FileId:
     return FileId(size, digest.hexdigest())
 
 
-def _read_small(path: Path) -> bytes | None:
+def _read_small(path: Path, limit: int = 1 << 20) -> bytes | None:
+    """A config or manifest; past limit it is no file of ours, and reading on only costs."""
     try:
         fd = open_read(path)
     except FileNotFoundError:
         return None
     try:
-        return b"".join(iter(lambda: os.read(fd, 65536), b""))
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, 65536)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -383,8 +390,11 @@ def hash_file(path: Path, ops: FsOps | None = None) -> FileId:
 
 
 def resolve_in_root(path: Path, root: Path) -> Path:
-    """path with its symlinks followed as if root were /: /newroot/boot/vmlinuz -> /boot/vmlinuz-X
-    means /newroot/boot/vmlinuz-X, not the ramdisk's /boot."""
+    """path with its symlinks followed as if root were /.
+
+    The shared root's /boot/vmlinuz -> /boot/vmlinuz-X, mounted on /newroot,
+    means /newroot/boot/vmlinuz-X, not the ramdisk's /boot/vmlinuz-X.
+    """
     try:
         rest = list(path.relative_to(root).parts)
     except ValueError:
