@@ -181,8 +181,12 @@ class _Push:
             self.finish(node, Status.FAILED,
                         f"--local-only timed out after {self.opts.timeout:.0f} s", sent)
         elif isinstance(answer, dict) and answer.get("status") in {str(s) for s in Status}:
-            status = Status(answer["status"])
-            self.finish(node, status, str(answer.get("reason", "")), sent)
+            status, reason = Status(answer["status"]), str(answer.get("reason", ""))
+            if status is Status.SKIPPED:
+                # At boot a skipped sync waits for the next one; here the admin
+                # asked for this pair now and the node does not have it.
+                status, reason = Status.FAILED, f"skipped: {reason}"
+            self.finish(node, status, reason, sent)
         else:
             self.finish(node, Status.FAILED, _why(o, "--local-only"), sent)
 
@@ -194,12 +198,21 @@ class _Push:
         self.step(list(self.targets), ask_timeout, command=self.remote("--hashes"),
                   on_done=lambda n, o: stale.extend(self.ask(n, o)))
         arrived: list[str] = []
+        # The trailing slash makes both scp (direct) and ClusterShell's tar
+        # (tree mode) create SPOOL/lilo.ssi-<id>; without it tree mode would
+        # unpack the pair as SPOOL itself.
         self.step(stale, self.opts.timeout,
-                  copy=(str(self.staged.path), self.opts.remote_spool),
+                  copy=(str(self.staged.path), self.opts.remote_spool.rstrip("/") + "/"),
                   on_done=lambda n, o: arrived.extend(self.copied(n, o)))
         spool = str(PurePosixPath(self.opts.remote_spool) / self.staged.path.name)
         self.step(arrived, self.opts.timeout, command=self.remote("--json", "--from", spool),
                   on_done=self.installed)
+        for address in self.targets:
+            if address not in self.results:
+                # In tree mode a node behind a gateway that never answered can
+                # end with no event at all: say so rather than guess "down".
+                self.finish(address, Status.FAILED, "ClusterShell reported no outcome "
+                            "(unreachable gateway?)")
         return [self.results[a] for a in self.targets]
 
 

@@ -36,14 +36,14 @@ class Status(enum.StrEnum):
 COUNTED = (Status.UNCHANGED, Status.UPDATED, Status.STALE, Status.NO_BOOT_PARTITION,
            Status.SKIPPED, Status.DOWN, Status.FAILED)
 
-# What ssh prints when it never reached the node's sshd. Anything else with
-# exit 255 (a refused key, a changed host key) is a configuration fault the
-# admin must see as a failure, not hide among the nodes that are off.
+# What ssh prints when the node's sshd did not answer. Anything else with
+# exit 255 (a refused key, a changed host key, a name that does not resolve)
+# is a configuration fault the admin must see as a failure, not hide among
+# the nodes that are off.
 _UNREACHABLE = (
     "connection refused", "connection timed out", "no route to host",
-    "network is unreachable", "host is down", "could not resolve hostname",
-    "name or service not known", "temporary failure in name resolution",
-    "connection reset by peer", "operation timed out",
+    "network is unreachable", "host is down", "connection reset by peer",
+    "operation timed out",
 )
 
 _BARE_RANGE_RE = re.compile(r"[0-9][0-9,\-]*")

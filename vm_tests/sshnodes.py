@@ -164,10 +164,12 @@ class SshCluster:
             "--remote-spool", f"{self.workdir}/mnt/spool",
         ]
 
-    def lilo(self, args: Sequence[str], timeout: float = 300) -> tuple[int, str, str]:
-        """lilo.ssi run on the admin side (the hub); (exit code, stdout, stderr)."""
+    def lilo(self, args: Sequence[str], timeout: float = 300,
+             env: Sequence[str] = ()) -> tuple[int, str, str]:
+        """lilo.ssi run on the admin side (the hub), with env's NAME=value words added to
+        its environment; (exit code, stdout, stderr)."""
         assert self.hub is not None
-        done = self.hub.run([LILO, *args], check=False, timeout=timeout)
+        done = self.hub.run(["env", *env, LILO, *args], check=False, timeout=timeout)
         return done.returncode, done.stdout.decode(), done.stderr.decode()
 
     def leftovers(self) -> list[str]:

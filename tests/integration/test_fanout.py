@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,6 +210,33 @@ def test_32_nodes_at_once_then_nothing_to_do(
         assert {n: snapshot(node.boot) for n, node in cluster.nodes.items()} == before
         assert all(node.rx_bytes() - rx[n] < 64 * KIB for n, node in cluster.nodes.items())
         print(f"32 nodes: push {first:.1f} s, unchanged check {second:.1f} s")
+
+
+def test_tree_mode_carries_the_push_through_a_gateway(
+        tmp_path: Path, admin_root: Path, cluster_factory: list[SshCluster]) -> None:
+    """With a ClusterShell topology.conf, the same command goes admin -> gateway -> nodes."""
+    cluster = SshCluster(tmp_path / "c", 3)
+    cluster_factory.append(cluster)
+    config = tmp_path / "clustershell"
+    config.mkdir()
+    # The admin node is named by its host name, as ClusterShell finds itself in the tree.
+    (config / "topology.conf").write_text(
+        f"[routes]\n{socket.gethostname()}: 10.77.0.11\n10.77.0.11: 10.77.0.[12-13]\n")
+    env = [f"CLUSTERSHELL_CFGDIR={config}",
+           # The gateway runs `python -m ClusterShell.Gateway`: ours has ClusterShell.
+           f"CLUSTERSHELL_GW_PYTHON_EXECUTABLE={sys.executable}"]
+    with cluster:
+        (admin_root / "etc/ssitab").write_text(cluster.ssitab())
+        rc, out, err = cluster.lilo(["--root", str(admin_root), "--json", "--nodes", "2-3",
+                                     *cluster.push_args(), *FAST_KEX], env=env)
+        assert rc == 0, err
+        assert statuses(out) == {2: "updated", 3: "updated"}
+        for n in (2, 3):
+            assert localnode.installed_pair(cluster.nodes[n].boot) == new_pair(admin_root)
+            log = (cluster.workdir / f"logs/sshd-{n}.log").read_text()
+            assert "Accepted publickey for root from 10.77.0.11 " in log
+            assert "from 10.77.0.1 " not in log  # never straight from the admin node
+        assert localnode.installed_pair(cluster.nodes[1].boot) is None
 
 
 def test_local_only_finds_mounts_syncs_and_unmounts_the_partition(

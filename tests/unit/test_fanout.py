@@ -84,7 +84,9 @@ def test_targets_by_ip_or_hostname() -> None:
      "connect to host 10.0.0.1 port 22: Connection refused"),
     (["ssh: connect to host 10.0.0.1 port 22: Connection timed out"], True, None),
     (["ssh: connect to host 10.0.0.1 port 22: No route to host"], True, None),
-    (["ssh: Could not resolve hostname n9: Name or service not known"], True, None),
+    (["ssh: connect to host 10.0.0.1 port 22: Network is unreachable"], True, None),
+    (["ssh: Could not resolve hostname n9: Name or service not known"], False,
+     "Could not resolve hostname n9: Name or service not known"),
     (["root@10.0.0.1: Permission denied (publickey)."], False,
      "root@10.0.0.1: Permission denied (publickey)."),
     (["@@@@@@", "WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!",
@@ -258,6 +260,10 @@ def test_install_answers(pair_files: tuple[Path, Path]) -> None:
         push.installed("10.77.0.11", _Outcome(0, [json.dumps({"status": "updated"})], [],
                                               False))
         assert push.results["10.77.0.11"].status is Status.UPDATED
+        push.installed("10.77.0.11", _Outcome(0, [json.dumps(
+            {"status": "skipped", "reason": "mid-update"})], [], False))
+        got = push.results["10.77.0.11"]
+        assert (got.status, got.detail) == (Status.FAILED, "skipped: mid-update")
 
 
 # -- the spool: what the admin stages is what the node accepts, and nothing else
