@@ -141,14 +141,20 @@ def _default_initrd(root: cli.Root, dry_run: bool) -> Path:
     return default
 
 
+def _usage(message: str) -> SsiError:
+    error = SsiError(message, hint="see lilo.ssi --help")
+    error.exit_code = 2
+    return error
+
+
 def _check_modes(args: argparse.Namespace) -> None:
     if not args.local_only:
         for name, given in (("--boot-dir", args.boot_dir), ("--hashes", args.hashes),
                             ("--from", args.from_spool)):
             if given:
-                raise SsiError(f"{name} needs --local-only")
+                raise _usage(f"{name} needs --local-only")
     elif args.hashes and args.from_spool:
-        raise SsiError("--hashes and --from do not go together")
+        raise _usage("--hashes and --from do not go together")
 
 
 def publish(args: argparse.Namespace) -> int:

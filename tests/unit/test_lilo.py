@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from mkinitrd_ssi.lilo import main
 from mkinitrd_ssi.netboot import KEEP_SETS, pair_hash
@@ -95,3 +97,80 @@ def test_dry_run_changes_nothing(tree: Path, capsys: pytest.CaptureFixture[str])
 
 def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--no-such-option"]) == 2
+
+
+def test_publish_writes_the_shared_roots_manifest(tree: Path) -> None:
+    assert main(["--root", str(tree), "--cmdline", CMDLINE]) == 0
+    manifest = json.loads((tree / "boot/ssi-manifest.json").read_text())
+    assert manifest["kernel"]["name"] == "vmlinuz" and manifest["kernel"]["size"] == 1000
+    assert manifest["initrd"]["name"] == "initrd.img" and manifest["initrd"]["size"] == 3000
+
+
+def test_push_with_no_local_node_says_so(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tree / "etc").mkdir()
+    (tree / "etc/ssitab").write_text("2  10.77.0.12/24  52:54:00:12:34:02  0  -\n")
+    assert main(["--root", str(tree), "--cmdline", CMDLINE]) == 0
+    assert capsys.readouterr().out.endswith("no local-boot nodes to push to\n")
+    assert main(["--root", str(tree), "--nodes", "2"]) == 1
+    assert "no local boot flag in the node table: 2" in capsys.readouterr().err
+
+
+# -- lilo.ssi --local-only on a boot partition mounted at --boot-dir
+
+
+@pytest.fixture
+def local(tree: Path) -> list[str]:
+    (tree / "boot/initrd-ssi.img").rename(tree / "boot/initrd.img")
+    (tree / "etc/ssi").mkdir(parents=True)
+    (tree / "etc/ssi/cmdline").write_text(CMDLINE + "\n")
+    (tree / "part").mkdir()
+    return ["--root", str(tree), "--local-only", "--boot-dir", str(tree / "part")]
+
+
+def test_local_only_syncs_then_finds_it_unchanged(
+        tree: Path, local: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*local, "-n"]) == 0
+    assert capsys.readouterr().out.startswith(f"{tree / 'part'}: stale (would update")
+    assert not (tree / "part/extlinux.conf").exists()
+    assert main(local) == 0
+    assert capsys.readouterr().out.startswith(f"{tree / 'part'}: updated (wrote kernel")
+    assert f"APPEND {CMDLINE}\n" in (tree / "part/extlinux.conf").read_text()
+    before = snapshot(tree / "part")
+    assert main([*local, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "status": "unchanged", "reason": "", "boot_dir": str(tree / "part")}
+    assert snapshot(tree / "part") == before
+
+
+def test_local_only_hashes_describe_the_installed_pair(
+        tree: Path, local: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*local, "--hashes"]) == 0
+    assert json.loads(capsys.readouterr().out)["pair"] is None
+    assert main(local) == 0
+    capsys.readouterr()
+    assert main([*local, "--hashes"]) == 0
+    pair = json.loads(capsys.readouterr().out)["pair"]
+    assert pair == {"kernel": {"size": 1000, "xxh3_128": xxhash.xxh3_128_hexdigest(b"K" * 1000)},
+                    "initrd": {"size": 3000, "xxh3_128": xxhash.xxh3_128_hexdigest(b"I" * 3000)},
+                    "append": CMDLINE}
+
+
+def test_local_only_failure_exits_1_and_says_why(
+        tree: Path, local: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    (tree / "boot/vmlinuz").unlink()
+    assert main([*local, "--json"]) == 0  # the agent's rule: no shared pair is a skip
+    assert json.loads(capsys.readouterr().out)["status"] == "skipped"
+    assert main([*local[:-1], str(tree / "nosuch")]) == 1
+    assert capsys.readouterr().err == f"lilo.ssi: --boot-dir {tree / 'nosuch'}: not a directory\n"
+    (tree / "boot/vmlinuz").write_bytes(b"K" * 1000)
+    (tree / "part/ssi").write_text("a file where the pair's directory goes")
+    assert main(local) == 1
+    assert capsys.readouterr().out.startswith(f"{tree / 'part'}: failed (")
+
+
+@pytest.mark.parametrize("args", [["--hashes"], ["--boot-dir", "/x"], ["--from", "/x"],
+                                  ["--local-only", "--hashes", "--from", "/x"]])
+def test_local_only_options_alone_are_usage_errors(
+        tree: Path, args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--root", str(tree), *args]) == 2
+    assert "lilo.ssi: --" in capsys.readouterr().err
