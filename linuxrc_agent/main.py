@@ -4,10 +4,10 @@
     CMDLINE      /proc/cmdline -> Cmdline (debug, breaks, timeout, root=)
     MODULES      the carried kernel modules the present devices need
     DEVICES      /dev nodes from /proc/partitions; wait for the root= device
-    IDENTITY     which ssitab node this is                       (issue 4: stub)
-    NETWORK      its NIC up with its address                     (issue 4: stub)
+    IDENTITY     which ssitab node this is: local MACs <-> /etc/ssitab
+    NETWORK      its NIC up with its address, the hostname set
     ROOT         mount the shared root on /newroot, check init is there
-    SYNC         local boot partition == shared root's default?  (issue 4: stub)
+    SYNC         local boot flag: boot partition := shared root's default pair
     NODE_ENV     /run/ssi/node.env
     SWITCH_ROOT  exec init in the shared root
 
@@ -24,19 +24,37 @@ import enum
 import errno
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import NoReturn
 
 from linuxrc_agent import cmdline as cmdline_mod
-from linuxrc_agent import console, modules, mounts, nodeenv, partitions, proc, rescue
+from linuxrc_agent import (
+    console,
+    disk_sync,
+    mac_match,
+    modules,
+    mounts,
+    netlink,
+    nodeenv,
+    partitions,
+    proc,
+    rescue,
+    ssitab,
+)
 from linuxrc_agent.cmdline import Cmdline
 from linuxrc_agent.nodeenv import NodeEnv
 from linuxrc_agent.partitions import Probed, Scanner
 from linuxrc_agent.switch_root import check_init, switch_root
-from linuxrc_agent.syscalls import MS_RDONLY, mount
+from linuxrc_agent.syscalls import MS_RDONLY, MS_REMOUNT, mount, sethostname
 
 NEWROOT = "/newroot"
+SSITAB = "/etc/ssitab"
+BOOT_MNT = "/run/ssi/boot"  # the local boot partition while it is synced
+BOOTDEV_WAIT = 5.0  # seconds for the boot partition once the root device is there
+CARRIER_WAIT = 5.0
 RESCAN_INTERVAL = 1.0  # seconds between modalias rescans while waiting for the root device
 
 
@@ -73,6 +91,7 @@ class Boot:
         self.scanner = Scanner()
         self.root: Probed | None = None
         self.node = NodeEnv()
+        self.bootdev: ssitab.BootDev | None = None  # the local boot partition, if any
         self.kver = ""
         self.notes: list[str] = []  # for the debug log, once debug is known
 
@@ -162,16 +181,64 @@ def wait_devices(boot: Boot) -> None:
 
 
 def identify(boot: Boot) -> None:
-    """Which ssitab node this is. Issue 4 fills this in (mac_match.py): read
-    /etc/ssitab, match the local MACs (cmdline.bootif first), and set
-    boot.node's node/ip/prefix/mac/hostname/local_boot; an unknown node is a
-    BootError with the banner of local MACs."""
-    console.debug("identity: not matched yet (node fields stay empty)")
+    """Match the local MACs against /etc/ssitab (the NIC that netbooted first).
+
+    No match yet may be a NIC whose driver is still loading: rescan until the
+    timeout, then show the banner an admin copies into ssitab.
+    """
+    try:
+        table = ssitab.load(SSITAB)
+    except ssitab.SsitabError as e:
+        raise BootError(f"the ramdisk's node table is invalid ({len(e.problems)} errors)",
+                        [*(str(p) for p in e.problems[:10]),
+                         "fix /etc/ssitab on the shared root, then mkinitrd.ssi && lilo.ssi"]) \
+            from None
+    except OSError as e:
+        raise BootError(f"cannot read {SSITAB}: {e.strerror}",
+                        ["the ramdisk was built by mkinitrd.ssi (it adds the table)"]) from None
+    deadline = console.elapsed() + boot.cmdline.timeout
+    rescan = _rescanner(boot)
+    while True:
+        nics = mac_match.local_nics()
+        try:
+            ident = mac_match.match(table, nics, boot.cmdline.bootif)
+            break
+        except mac_match.AmbiguousNode as e:
+            raise BootError(str(e), ["/etc/ssitab: each node's MACs on its own line"]) from None
+        except mac_match.UnknownNode:
+            if console.elapsed() >= deadline:
+                for line in mac_match.unknown_banner(table, nics):
+                    console.say(line)
+                raise BootError("this machine is not in the node table",
+                                ["add it with the line above, or check the NIC driver is "
+                                 "in the ramdisk"]) from None
+            rescan()
+            time.sleep(0.2)
+    node = ident.node
+    boot.node = replace(boot.node, node=node.number, ip=node.ip, prefix=node.prefix,
+                        mac=ident.nic.mac, iface=ident.nic.name, hostname=node.hostname,
+                        local_boot=node.local)
+    boot.bootdev = node.bootdev
+    console.say(f"identity: node {node.number} ({node.hostname}), {ident.nic.name} "
+                f"{ident.nic.mac}, ssitab line {node.line}")
 
 
 def bring_up_network(boot: Boot) -> None:
-    """The node's NIC up with its ssitab address (issue 4): sets boot.node.iface."""
-    console.debug("network: not configured by the agent yet")
+    """The node's NIC up with its ssitab address; the hostname set."""
+    n = boot.node
+    if not n.iface or n.prefix is None:
+        raise BootError("no identity: the network stage needs the identity stage")
+    try:
+        netlink.link_up("lo")
+        netlink.link_up(n.iface)
+        netlink.add_address(n.iface, n.ip, n.prefix)
+        sethostname(n.hostname)
+    except OSError as e:
+        raise BootError(f"network: {n.iface} {n.ip}/{n.prefix}: {e.strerror}",
+                        ["the NIC's driver loaded (ssi.debug lists the modules)"]) from None
+    if not netlink.wait_carrier(n.iface, CARRIER_WAIT):
+        console.warn(f"network: no carrier on {n.iface} after {CARRIER_WAIT:g} s; going on")
+    console.say(f"network: {n.iface} up with {n.ip}/{n.prefix}, hostname {n.hostname}")
 
 
 def mount_root(boot: Boot) -> None:
@@ -237,11 +304,55 @@ def _mount_checks(err: int, dev: str, fstype: str, rootflags: str) -> list[str]:
 
 
 def sync_boot_partition(boot: Boot) -> None:
-    """Local boot flag: compare and sync the local kernel and ramdisk (issue 4, disk_sync.py).
+    """Local boot flag: make the local pair the shared root's default pair (disk_sync.py).
 
-    Runs with the shared root mounted on NEWROOT; sets boot.node.sync.
+    Never fatal: whatever happens to the local disk, the node joins the
+    cluster, and SSI_SYNC says what happened.
     """
-    boot.node = replace(boot.node, sync="skipped")
+    if not boot.node.local_boot or boot.bootdev is None:
+        boot.node = replace(boot.node, sync="skipped")
+        return
+    status, reason = _sync_local(boot, boot.bootdev)
+    boot.node = replace(boot.node, sync=status)
+    console.say(f"sync: {status}" + (f": {reason}" if reason else ""))
+
+
+def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
+    found = partitions.wait_for(spec, BOOTDEV_WAIT, boot.scanner, _rescanner(boot))
+    if found is None or found.fs is None:
+        what = f"{spec} not found" if found is None else f"{found.dev.path} has no filesystem"
+        for line in (f"{what}: this node has the local boot flag but no boot partition.",
+                     "  to create one: fdisk a partition (type 83, bootable), mkfs.ext4 -O "
+                     f"^64bit{' -L ' + spec.value if spec.kind.value == 'LABEL' else ''} on it,",
+                     "  extlinux --install on it mounted; reboot: the agent fills it in."):
+            console.say(line)
+        return "no-boot-partition", what
+    fstype = found.fs.fstype
+    _ensure_filesystem(boot, fstype)
+    c = boot.cmdline
+    kernel = Path(NEWROOT + c.kernel)
+    initrd = Path(NEWROOT + c.initrd)
+    append = disk_sync.local_append(_read_first_line("/proc/cmdline"))
+    dev = found.dev.path
+    try:
+        # Read-only until the first write: an unchanged check leaves the disk untouched.
+        with mounts.mounted(dev, BOOT_MNT, fstype, MS_RDONLY):
+            def writable() -> None:
+                mount(dev, BOOT_MNT, fstype, MS_REMOUNT, None)
+
+            result = disk_sync.sync_boot_dir(Path(BOOT_MNT), kernel, initrd, append,
+                                             root=Path(NEWROOT), before_write=writable)
+    except OSError as e:
+        return "failed", f"{dev}: {e.strerror}"
+    return result.status.value, result.reason
+
+
+def _ensure_filesystem(boot: Boot, fstype: str) -> None:
+    if fstype not in mounts.supported_filesystems() and boot.loader is not None:
+        try:
+            boot.loader.load_filesystem(fstype)
+        except (OSError, ValueError) as e:
+            console.warn(f"cannot load the {fstype} module: {e}")
 
 
 def write_node_env(boot: Boot) -> None:

@@ -1,0 +1,233 @@
+"""`make demo`: build the ramdisk from the bundled node table and boot a small cluster.
+
+Three machines boot at once under QEMU (TCG): node 1 (diskless), node 2 (local
+boot flag, its disk starting with a stale kernel and ramdisk) and a machine
+whose MAC is in no table. As root they PXE-boot from real dhcpd and tftpd-hpa
+in a private network namespace; without root, QEMU's user-mode network (its
+built-in BOOTP/TFTP) stands in. Node 2 then boots once more from its disk
+alone. Live progress while they boot, a table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from linuxrc_agent.disk_sync import MANIFEST_NAME
+from mkinitrd_ssi.lilo import main as lilo
+from mkinitrd_ssi.localsync import provision
+from mkinitrd_ssi.mkinitrd import main as mkinitrd
+from vm_tests import cluster, images
+from vm_tests.kernel import kernel as fetch_kernel
+from vm_tests.pxe import PxeNet, pxe_network
+from vm_tests.qemu import ENV_BEGIN, INIT_MARKER, Disk, Nic, Vm, VmConfig, parse_env
+
+REPO = Path(__file__).resolve().parent.parent
+CMDLINE = f"root=LABEL={cluster.ROOT_LABEL} console=ttyS0 panic=-1 quiet"
+
+# Console milestones, in boot order: the last one seen is the node's stage.
+STAGES = (
+    ("firmware", r""),
+    ("kernel", r"Linux version"),
+    ("agent", r"linuxrc: .*ssi-boot agent"),
+    ("modules", r"linuxrc: .*modules: loaded"),
+    ("identity", r"linuxrc: .*(node \d+|not in the node table)"),
+    ("sync", r"linuxrc: .*sync:"),
+    ("switch_root", r"linuxrc: .*switching to"),
+    ("joined", INIT_MARKER),
+)
+
+
+@dataclass
+class Machine:
+    name: str
+    mac: str
+    boot_path: str
+    vm: Vm | None = None
+    stage: str = "firmware"
+    started: float = field(default_factory=time.monotonic)
+    joined_s: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    outcome: str = ""
+
+    def poll(self, net: PxeNet | None) -> bool:
+        """Update the stage from the console; True when the machine is done."""
+        assert self.vm is not None
+        text = self.vm.output()
+        for stage, pattern in STAGES[1:]:
+            if re.search(pattern, text):
+                self.stage = stage
+        if "not in the node table" in text:
+            self.outcome = "unknown node: banner with its MACs"
+            return True
+        if net is not None and self.stage == "firmware" \
+                and net.dhcpd_output().count(f"DHCPDISCOVER from {self.mac}") >= 2 \
+                and f"DHCPOFFER on" not in _dhcp_lines(net, self.mac):
+            self.stage = "refused"
+            self.outcome = "no lease: dhcpd refused the unknown MAC"
+            return True
+        if ENV_BEGIN in text and "SSI-NODE-ENV-END" in text:
+            self.joined_s = time.monotonic() - self.started
+            block = text.split(ENV_BEGIN, 1)[1].split("SSI-NODE-ENV-END", 1)[0]
+            self.env = parse_env(block)
+            self.outcome = "joined"
+            return True
+        return self.vm.proc.poll() is not None
+
+
+def _dhcp_lines(net: PxeNet, mac: str) -> str:
+    return "\n".join(line for line in net.dhcpd_output().splitlines() if mac in line)
+
+
+def prepare(work: Path) -> tuple[Path, Path, Path]:
+    """Admin tree (table, dhcpd.conf, tftpboot), shared-root image, node 2's stale disk."""
+    kernel = fetch_kernel()
+    admin = work / "admin"
+    (admin / "etc").mkdir(parents=True)
+    (admin / "boot").mkdir()
+    (admin / "etc/ssitab").write_text(cluster.SSITAB)
+    shutil.copyfile(REPO / "examples/dhcpd.proto", admin / "etc/dhcpd.proto")
+    shutil.copyfile(kernel.vmlinuz, admin / "boot/vmlinuz")
+    step("mkinitrd.ssi: building the ramdisk from examples/ssitab")
+    if mkinitrd(["--root", str(admin), "--moddir", str(kernel.moddir)]) != 0:
+        raise SystemExit("demo: mkinitrd.ssi failed")
+    step("lilo.ssi: installing the default pair, publishing it for network boot")
+    if lilo(["--root", str(admin), "--cmdline", CMDLINE, "--no-push"]) != 0:
+        raise SystemExit("demo: lilo.ssi failed")
+    step("shared root: an ext4 image whose /boot holds the default pair")
+    tree = images.shared_root_tree(work / "rootfs", kernel=admin / "boot/vmlinuz",
+                                   initrd=admin / "boot/initrd.img")
+    if (admin / "boot" / MANIFEST_NAME).is_file():
+        shutil.copyfile(admin / "boot" / MANIFEST_NAME, tree / "boot" / MANIFEST_NAME)
+    root_img = images.ext4_image(work / "root.img", tree, size_mb=96, label=cluster.ROOT_LABEL)
+    step("node 2's disk: an extlinux boot partition (LABEL=ssiboot), empty = stale")
+    disk = work / "n2-disk.img"
+    provision(disk, size_mib=128, label=cluster.BOOT_LABEL)
+    return admin, root_img, disk
+
+
+def step(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+@contextmanager
+def network(admin: Path, work: Path, use_root: bool) -> Iterator[PxeNet | None]:
+    if not use_root:
+        yield None
+        return
+    net_dir = work / "net"
+    net_dir.mkdir()
+    with pxe_network(net_dir, admin / "etc/dhcpd.conf", admin / "tftpboot") as net:
+        yield net
+
+
+def start(machine: Machine, net: PxeNet | None, admin: Path, disks: list[Disk],
+          logs: Path, netboot: bool = True) -> None:
+    if net is not None:
+        nic = Nic(machine.mac, netdev=net.netdev())
+    else:
+        nic = Nic(machine.mac, netdev=f"user,tftp={admin / 'tftpboot'},bootfile=ssi.ipxe")
+    config = VmConfig(nics=[nic], netboot=netboot, disks=disks,
+                      netns=net.ns if net is not None else None)
+    if not netboot:
+        config.extra += ["-boot", "c"]
+    machine.started = time.monotonic()
+    machine.vm = Vm(config, logs / f"{machine.name}.log")
+
+
+def watch(machines: list[Machine], net: PxeNet | None, timeout: float) -> None:
+    done: set[str] = set()
+    shown: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while len(done) < len(machines) and time.monotonic() < deadline:
+        for m in machines:
+            if m.name not in done and m.poll(net):
+                done.add(m.name)
+                if m.vm is not None:
+                    m.vm.kill()
+            if shown.get(m.name) != m.stage:
+                shown[m.name] = m.stage
+                print("    " + "   ".join(f"{x.name}: {x.stage:<11}" for x in machines),
+                      flush=True)
+        time.sleep(0.5)
+    for m in machines:
+        if m.name not in done:
+            m.outcome = m.outcome or f"timed out at stage {m.stage}"
+            if m.vm is not None:
+                m.vm.kill()
+
+
+def table(machines: list[Machine]) -> str:
+    head = ("machine", "node", "MAC", "IP", "boot path", "sync", "join s", "outcome", "console log")
+    rows = [head]
+    for m in machines:
+        e = m.env
+        rows.append((m.name, e.get("SSI_NODE", "-") or "-", m.mac,
+                     e.get("SSI_IP", "-") or "-", m.boot_path, e.get("SSI_SYNC", "-"),
+                     f"{m.joined_s:.1f}" if m.joined_s else "-", m.outcome,
+                     str(m.vm.log) if m.vm else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
+    parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "demo")
+    parser.add_argument("--user-net", action="store_true",
+                        help="QEMU user-mode network even as root")
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args(argv)
+    use_root = os.geteuid() == 0 and not args.user_net
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    args.workdir.mkdir(parents=True)
+    if not use_root:
+        step("not root (or --user-net): QEMU's user-mode network (built-in BOOTP/TFTP) stands "
+             "in for dhcpd and tftpd; the unknown machine gets an address from it and is "
+             "stopped by the agent instead")
+    admin, root_img, disk = prepare(args.workdir)
+    logs = args.workdir / "logs"
+    logs.mkdir()
+    shared = Disk(root_img, extra=",snapshot=on")
+    machines = [Machine("n1", cluster.MAC_N1, "PXE, diskless"),
+                Machine("n2", cluster.MAC_N2, "PXE, local disk"),
+                Machine("stranger", cluster.MAC_UNKNOWN, "PXE")]
+    t0 = time.monotonic()
+    with ExitStack() as stack:
+        net = stack.enter_context(network(admin, args.workdir, use_root))
+        step(f"booting {len(machines)} machines at once"
+             + (f" on a private network ({net.ns}: dhcpd, tftpd-hpa)" if net else ""))
+        start(machines[0], net, admin, [shared], logs)
+        start(machines[1], net, admin, [Disk(disk), shared], logs)
+        start(machines[2], net, admin, [shared], logs)
+        for m in machines:
+            stack.callback(lambda m=m: m.vm.kill() if m.vm else None)
+        watch(machines, net, args.timeout)
+        step("node 2 again, from its local disk alone (no network boot)")
+        again = Machine("n2-disk", cluster.MAC_N2, "local disk (extlinux)")
+        start(again, net, admin, [Disk(disk), shared], logs, netboot=False)
+        stack.callback(lambda: again.vm.kill() if again.vm else None)
+        machines.append(again)
+        watch([again], net, args.timeout)
+    print()
+    print(table(machines))
+    print(f"\n{len(machines)} boots in {time.monotonic() - t0:.0f} s; work tree: {args.workdir}")
+    joined = {m.name for m in machines if m.outcome == "joined"}
+    expected = {"n1", "n2", "n2-disk"}
+    stranger_ok = machines[2].outcome.startswith(("no lease", "unknown node"))
+    if joined != expected or not stranger_ok:
+        print("demo: not every machine did what it should; see the console logs", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
