@@ -27,8 +27,10 @@ BUILT_INITRD = "/boot/initrd-ssi.img"  # mkinitrd.ssi's default output
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.common_parser(PROG, "Install the shared root's default kernel and ramdisk "
-                               "and publish them for network boot (iPXE and PXELINUX).")
+    parser = cli.common_parser(PROG, "Install the shared root's default kernel and ramdisk, "
+                               "publish them for network boot (iPXE and PXELINUX), and sync "
+                               "them to the boot partition of every running node with the "
+                               "local boot flag (over ssh, with ClusterShell).")
     parser.add_argument("--kernel", type=Path, metavar="FILE",
                         help="kernel to publish (default: ROOT/boot/vmlinuz)")
     parser.add_argument("--initrd", type=Path, metavar="FILE",

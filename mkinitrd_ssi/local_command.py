@@ -66,7 +66,8 @@ def run(args: argparse.Namespace, root: cli.Root) -> int:
         # The pair is checked before the partition is touched: a bad push fails
         # without mounting anything.
         source = None if args.hashes else _source(args, root)
-        with localnode.boot_partition(args.boot_dir, node_of) as boot:
+        with localnode.boot_partition(args.boot_dir, node_of,
+                                      read_only=args.hashes or args.dry_run) as boot:
             if source is None:
                 pair = localnode.installed_pair(boot)
                 return _report(args, str(boot), "ok",

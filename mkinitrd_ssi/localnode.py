@@ -95,7 +95,7 @@ class NotLocal(Exception):
 
 @contextlib.contextmanager
 def boot_partition(boot_dir: Path | None, node_of: Callable[[], Node],
-                   dev: Path = Path("/dev")) -> Iterator[Path]:
+                   dev: Path = Path("/dev"), read_only: bool = False) -> Iterator[Path]:
     """The boot partition as a directory: --boot-dir as given, else this node's
     bootdev from ssitab, mounted for the duration."""
     if boot_dir is not None:
@@ -114,5 +114,5 @@ def boot_partition(boot_dir: Path | None, node_of: Callable[[], Node],
     log.info("mounting %s (%s)", device, node.bootdev)
     # A partition already mounted (say on /boot) mounts here just the same:
     # the kernel shares its superblock, so the two views cannot tear anything.
-    with mounted(device, "noatime") as mnt:
+    with mounted(device, "ro,noatime" if read_only else "noatime") as mnt:
         yield mnt

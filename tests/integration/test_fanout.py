@@ -261,8 +261,13 @@ def test_local_only_finds_mounts_syncs_and_unmounts_the_partition(
             assert local_only(mnt, kernel, initrd, CMDLINE).status.value == "updated"
             where = str(mnt)
         assert where not in Path("/proc/self/mounts").read_text()
-        with localnode.boot_partition(None, lambda: node, dev) as mnt:
+        # --hashes and --dry-run look through a read-only mount.
+        with localnode.boot_partition(None, lambda: node, dev, read_only=True) as mnt:
             assert localnode.installed_pair(mnt) == new_pair(admin_root)
+            options = next(line.split()[3] for line in
+                           Path("/proc/self/mounts").read_text().splitlines()
+                           if line.split()[1] == str(mnt))
+            assert options.startswith("ro,")
         missing = Node(2, "10.77.0.12", 24, ("52:54:00:5c:00:02",), True,
                        BootDev(BootDevKind.LABEL, "nosuch"), "node2")
         with pytest.raises(localnode.NoBootPartition, match="no partition LABEL=nosuch"), \
