@@ -264,12 +264,7 @@ def _mount_root_device(boot: Boot) -> None:
         raise BootError(f"no filesystem recognised on {dev}",
                         [f"{dev} is the shared root (the devices seen are listed with "
                          "ssi.debug)", "rootfstype= names its type if the agent cannot tell"])
-    if fstype not in mounts.supported_filesystems() and boot.loader is not None:
-        try:
-            loaded = boot.loader.load_filesystem(fstype)
-            console.debug(f"root: loaded {' '.join(loaded) or 'no module'} for {fstype}")
-        except (OSError, ValueError) as e:
-            console.warn(f"root: cannot load the {fstype} module: {e}")
+    _ensure_filesystem(boot, fstype)
     flags, data = mounts.parse_options(c.rootflags, MS_RDONLY if c.readonly else 0)
     # ext2 and ext3 are often served by the ext4 driver (CONFIG_EXT4_USE_FOR_EXT2).
     types = [fstype, "ext4"] if fstype in ("ext2", "ext3") else [fstype]
@@ -348,9 +343,11 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
 
 
 def _ensure_filesystem(boot: Boot, fstype: str) -> None:
+    """Load the filesystem's module unless the kernel has it (built in or loaded)."""
     if fstype not in mounts.supported_filesystems() and boot.loader is not None:
         try:
-            boot.loader.load_filesystem(fstype)
+            loaded = boot.loader.load_filesystem(fstype)
+            console.debug(f"loaded {' '.join(loaded) or 'no module'} for {fstype}")
         except (OSError, ValueError) as e:
             console.warn(f"cannot load the {fstype} module: {e}")
 
