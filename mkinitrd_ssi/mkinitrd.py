@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=Compression.ZSTD, metavar="{zstd,gzip,none}",
                         help="compression (default: zstd); 'none' writes one single "
                         "archive, the others a few concatenated ones")
+    parser.add_argument("--compress-level", type=int, metavar="N",
+                        help="zstd 1-19 (default 9) or gzip 1-9 (default 6)")
     parser.add_argument("--add-modules", action="append", type=_comma_list, default=[],
                         metavar="M1,M2", help="modules (or aliases) to ship besides the "
                         "default set; one this kernel lacks is an error")
@@ -252,7 +254,8 @@ def build(args: argparse.Namespace) -> int:
     add_skel(arc, SKEL)
 
     segments = image.SegmentCache(cache / "segments")
-    data = image.build(list(arc.entries.values()), args.compress, epoch, segments)
+    data = image.build(list(arc.entries.values()), args.compress, epoch, segments,
+                       args.compress_level)
     seconds = time.monotonic() - start
     size = f"{len(data) / 1e6:.1f} MB ({args.compress})"
     counts = f"{len(arc)} files, {n_modules} modules, {len(table)} nodes"

@@ -21,8 +21,8 @@ from mkinitrd_ssi.image import Compression, SegmentCache
 
 @pytest.fixture(autouse=True)
 def fast_zstd(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Level 19 costs seconds a megabyte; what these tests check holds at any level."""
-    monkeypatch.setattr(image, "ZSTD_LEVEL", 3)
+    """What these tests check holds at any level; the lowest is the fastest."""
+    monkeypatch.setitem(image.DEFAULT_LEVEL, Compression.ZSTD, 3)
     monkeypatch.setattr(image, "ZSTD_JOB", 1 << 19)  # zstd's smallest job
     monkeypatch.setattr(image, "SEGMENT_MIN", 64 << 10)
 
@@ -148,3 +148,14 @@ def test_read_image_rejects_what_is_not_an_image() -> None:
         image.read_image(b"PK\x03\x04 zip file")
     with pytest.raises(SsiError, match="corrupt"):
         image.read_image(image.ZSTD_MAGIC + b"\xff" * 20)
+
+
+def test_levels_are_checked_and_part_of_the_cache_key(tmp_path: Path) -> None:
+    with pytest.raises(SsiError, match="level 20 out of range for zstd"):
+        image.build(entries(make_archive()), Compression.ZSTD, 0, level=20)
+    with pytest.raises(SsiError, match="level 10 out of range for gzip"):
+        image.compress(b"x", Compression.GZIP, 10)
+    cache = SegmentCache(tmp_path)
+    one = image.build(entries(make_archive()), Compression.ZSTD, 0, cache, level=1)
+    two = image.build(entries(make_archive()), Compression.ZSTD, 0, cache, level=5)
+    assert one != two and cache.hits == 0

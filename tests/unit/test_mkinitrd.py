@@ -17,6 +17,7 @@ import pytest
 
 from mkinitrd_ssi import freeze, image, mkinitrd
 from mkinitrd_ssi.cpio import Member
+from mkinitrd_ssi.image import Compression
 from mkinitrd_ssi.mkinitrd import main
 
 KVER = "6.1.0-test-amd64"
@@ -48,9 +49,9 @@ def env(cache: Path, agent: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setattr(mkinitrd, "AGENT_PACKAGE", agent)
     monkeypatch.setenv("SSI_CACHE", str(cache))
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    # zstd -19 or gzip -9 on a cold cache cost seconds; what is tested holds at any level.
-    monkeypatch.setattr(image, "ZSTD_LEVEL", 3)
-    monkeypatch.setattr(image, "GZIP_LEVEL", 1)
+    # A cold cache costs seconds of compression; what is tested holds at any level.
+    monkeypatch.setitem(image.DEFAULT_LEVEL, Compression.ZSTD, 3)
+    monkeypatch.setitem(image.DEFAULT_LEVEL, Compression.GZIP, 1)
     monkeypatch.setattr(mkinitrd, "SKEL", tmp_path / "no-skel")
 
 
@@ -305,3 +306,13 @@ def test_agent_without_entry_script_is_an_error(root: Path, tmp_path: Path,
     monkeypatch.setattr(mkinitrd, "AGENT_PACKAGE", pkg)
     assert build(root, "--no-dhcpd") == 1
     assert "__main__.py: no such file" in capsys.readouterr().err
+
+
+def test_compress_level(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert build(root, "--compress-level", "30", "--no-dhcpd") == 1
+    assert "level 30 out of range for zstd" in capsys.readouterr().err
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    assert build(root, "--compress-level", "1", "-o", str(a), "--no-dhcpd") == 0
+    assert build(root, "--compress-level", "5", "-o", str(b), "--no-dhcpd") == 0
+    assert a.read_bytes() != b.read_bytes()
+    assert members(a).keys() == members(b).keys()
