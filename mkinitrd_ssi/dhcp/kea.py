@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import socket
 from typing import Any
 
 from linuxrc_agent.ssitab import Ssitab
@@ -69,57 +70,55 @@ def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
     classes.append({"name": IPXE_CLASS, "test": "option[77].hex == 'iPXE'",
                     "boot-file-name": boot.ipxe_script})
     dhcp4["client-classes"] = classes
-    served: set[int] = set()
+    # Subnet matching on integers: ipaddress objects per node cost more than the rest.
+    nets = [(int(net.network_address), int(net.netmask), entry) for net, entry in subnets]
+    ours: list[list[str]] = [[] for _ in subnets]
     for node in table:
-        address = ipaddress.IPv4Address(node.ip)
-        entry = next((e for net, e in subnets if address in net), None)
-        if entry is None:
+        ip = int.from_bytes(socket.inet_aton(node.ip), "big")
+        index = next((i for i, (net, mask, _e) in enumerate(nets) if ip & mask == net), None)
+        if index is None:
             raise SsiError(f"{table.path}:{node.line}: node {node.number}'s address "
                            f"{node.ip} is in no subnet4 of the Kea proto",
                            hint=f"add a subnet4 entry for {node.network} to the proto")
-        if id(entry) not in served:
-            served.add(id(entry))
+        lines = ours[index]
+        if not lines:
             # Boot settings at subnet level: a class (iPXE) may override them there,
             # whereas a reservation's own boot-file-name would win over the class.
+            entry = nets[index][2]
             entry["boot-file-name"] = boot.pxe_file
             if boot.next_server:
                 entry["next-server"] = boot.next_server
-        reservations = entry["reservations"]
-        for mac in node.macs:
-            reservations.append({"hw-address": mac, "ip-address": node.ip,
-                                 "hostname": node.hostname})
-    return _dump(doc, [entry for _net, entry in subnets])
+        # Formatted directly: the parser allows no character in MACs, addresses
+        # or host names that JSON would need to escape.
+        lines.extend(f'{{"hw-address": "{mac}", "ip-address": "{node.ip}", '
+                     f'"hostname": "{node.hostname}"}}' for mac in node.macs)
+    return _dump(doc, [entry for _net, entry in subnets], ours)
 
 
 _MARKER = re.compile(r'^( *)"reservations": "\\u0000ssi-reservations-(\d+)\\u0000"',
                      re.MULTILINE)
 
 
-def _dump(doc: dict[str, Any], entries: list[dict[str, Any]]) -> str:
-    """Indented JSON with one reservation per line.
+def _dump(doc: dict[str, Any], entries: list[dict[str, Any]], ours: list[list[str]]) -> str:
+    """Indented JSON with one reservation per line: the proto's, then ours (as JSON text).
 
     json.dumps(indent=...) runs the pure-Python encoder, over ten times slower
-    than the C one: the reservations, nearly all of the output, are encoded
-    one by one with the C encoder and spliced in.
+    than the C one: the reservations, nearly all of the output, are spliced in.
     """
+    encode = json.JSONEncoder().encode
     lists = []
     for index, entry in enumerate(entries):
-        lists.append(entry["reservations"])
+        lists.append([*map(encode, entry["reservations"]), *ours[index]])
         entry["reservations"] = f"\0ssi-reservations-{index}\0"
-    encode = json.JSONEncoder().encode
 
     def splice(m: re.Match[str]) -> str:
         indent, items = m.group(1), lists[int(m.group(2))]
         if not items:
             return f'{indent}"reservations": []'
-        inner = f",\n{indent}  ".join(map(encode, items))
+        inner = f",\n{indent}  ".join(items)
         return f'{indent}"reservations": [\n{indent}  {inner}\n{indent}]'
 
-    try:
-        return _MARKER.sub(splice, json.dumps(doc, indent=2)) + "\n"
-    finally:
-        for entry, items in zip(entries, lists, strict=True):
-            entry["reservations"] = items
+    return _MARKER.sub(splice, json.dumps(doc, indent=2)) + "\n"
 
 
 def check(path: str) -> list[str]:

@@ -26,6 +26,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SERVER_IP = "10.77.0.1"
 MKDHCPD = str(Path(sys.executable).with_name("mkdhcpd.ssi"))
 UNKNOWN_MAC = "52:54:00:99:99:99"
+TABLE = """\
+1  10.77.0.11/24  52:54:00:12:34:01                    0  -              hostname=n1
+2  10.77.0.12/24  52:54:00:12:34:02                    1  LABEL=ssiboot  hostname=n2
+3  10.77.0.13/24  52:54:00:12:34:03,52:54:00:12:34:13  0  -              hostname=n3
+"""
 
 # udhcpc runs this on every event; "bound" carries the lease.
 CLIENT_SCRIPT = """#!/bin/sh
@@ -136,7 +141,7 @@ def server(request: pytest.FixtureRequest,
     tmp = tmp_path_factory.mktemp(request.param)
     root = tmp / "root"
     (root / kind.proto).parent.mkdir(parents=True)
-    shutil.copy(EXAMPLES / "ssitab", root / "etc/ssitab")
+    (root / "etc/ssitab").write_text(TABLE)
     script = tmp / "udhcpc.sh"
     script.write_text(CLIENT_SCRIPT)
     script.chmod(0o755)
