@@ -152,7 +152,8 @@ def add_busybox(arc: Archive) -> list[str]:
     return [str(BUSYBOX)] if info is not None and info.interp else []
 
 
-def add_modules(arc: Archive, args: argparse.Namespace, moddir: Path, cache: Path) -> int:
+def add_modules(arc: Archive, args: argparse.Namespace, moddir: Path, cache: Path,
+                firmware_dir: Path) -> int:
     index = kmod.ModuleIndex(moddir)
     added = [m for group in args.add_modules for m in group]
     omitted = [m for group in args.omit_modules for m in group]
@@ -165,8 +166,10 @@ def add_modules(arc: Archive, args: argparse.Namespace, moddir: Path, cache: Pat
     if sel.dropped:
         log.warning("left out for needing an omitted module: %s", ", ".join(sel.dropped))
     base = f"lib/modules/{kver}"
-    for m in sel.modules:
-        arc.file(f"{base}/{m.installed}", kmod.materialize(moddir, m, cache / "modules"), 0o644)
+    plain = [kmod.materialize(moddir, m, cache / "modules") for m in sel.modules]
+    for m, path in zip(sel.modules, plain, strict=True):
+        arc.file(f"{base}/{m.installed}", path, 0o644)
+    add_firmware(arc, firmware_dir, plain)
     for name in ("modules.alias", "modules.builtin"):
         if (moddir / name).is_file():
             arc.file(f"{base}/{name}", moddir / name, 0o644)
@@ -177,6 +180,23 @@ def add_modules(arc: Archive, args: argparse.Namespace, moddir: Path, cache: Pat
     log.info("modules: %d from %s: %s", len(sel.modules), moddir,
              " ".join(m.name for m in sel.modules))
     return len(sel.modules)
+
+
+def add_firmware(arc: Archive, firmware_dir: Path, modules: list[Path]) -> None:
+    """The firmware files the modules name, from the system being booted (ROOT), as the
+    kernel's loader looks for them, compressed or not, under /lib/firmware."""
+    missing: list[str] = []
+    for module in modules:
+        for name in kmod.firmware(module):
+            found = next((name + s for s in ("", ".zst", ".xz")
+                          if (firmware_dir / (name + s)).is_file()), None)
+            if found is None:
+                missing.append(name)
+            else:
+                arc.file(f"lib/firmware/{found}", firmware_dir / found, 0o644)
+    if missing:
+        # Often optional (one file per chip revision): say so, do not fail.
+        log.info("firmware not in %s, not shipped: %s", firmware_dir, " ".join(missing))
 
 
 def add_skel(arc: Archive, skel: Path) -> None:
@@ -250,7 +270,7 @@ def build(args: argparse.Namespace) -> int:
     libs = add_libraries(arc, frozen, elves, extra)
     log.info("libraries: %d paths for %d ELF files of the agent", libs, len(elves))
     arc.data("etc/ssitab", table_path.read_bytes())
-    n_modules = add_modules(arc, args, moddir, cache)
+    n_modules = add_modules(arc, args, moddir, cache, root("/lib/firmware"))
     add_skel(arc, SKEL)
 
     segments = image.SegmentCache(cache / "segments")

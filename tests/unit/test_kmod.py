@@ -12,6 +12,7 @@ import zstandard
 
 from mkinitrd_ssi import kmod
 from mkinitrd_ssi.errors import SsiError
+from tests.unit.fake_ko import fake_ko
 from vm_tests import kernel
 
 KVER = "6.1.0-test-amd64"
@@ -66,7 +67,7 @@ def moddir(tmp_path: Path) -> Path:
         rel = line.split(":")[0].removeprefix(f"/lib/modules/{KVER}/")
         path = d / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        body = f"ELF module {rel}".encode()
+        body = fake_ko(rel, {"firmware": ["virtio/fw.bin"]} if "virtio_net" in rel else None)
         if rel.endswith(".xz"):
             body = lzma.compress(body)
         elif rel.endswith(".gz"):
@@ -151,7 +152,7 @@ def test_compressed_modules_are_decompressed_once(moddir: Path, tmp_path: Path,
     for name in ("virtio_net", "virtio_blk", "fat", "vfat"):
         m = index.modules[name]
         path = kmod.materialize(moddir, m, cache)
-        assert path.read_bytes() == f"ELF module {m.relpath}".encode()
+        assert path.read_bytes()[:64 + len(m.relpath)].endswith(m.relpath.encode())
     assert kmod.materialize(moddir, index.modules["vfat"], cache) == moddir / \
         "kernel/fs/fat/vfat.ko"  # plain .ko: used in place
     calls: list[Path] = []
@@ -192,3 +193,17 @@ def test_debian_cloud_kernel_default_set() -> None:
     # The cloud flavour has no physical NIC or AHCI drivers at all.
     assert {"e1000", "e1000e", "igb", "ixgbe", "ahci"} <= set(sel.absent)
     assert got.index("virtio_ring") < got.index("virtio") < got.index("virtio_pci")
+
+
+def test_modinfo_and_firmware_as_modinfo_reads_them(moddir: Path, tmp_path: Path) -> None:
+    index = kmod.ModuleIndex(moddir)
+    net = kmod.materialize(moddir, index.modules["virtio_net"], tmp_path)
+    assert kmod.firmware(net) == ["virtio/fw.bin"]
+    assert kmod.firmware(moddir / "kernel/fs/fat/vfat.ko") == []
+    ko = tmp_path / "x.ko"
+    ko.write_bytes(fake_ko("x", {"license": ["GPL"], "firmware": ["a.bin", "b/c.bin"]}))
+    assert kmod.modinfo(ko) == [("license", "GPL"), ("firmware", "a.bin"),
+                                ("firmware", "b/c.bin")]
+    ko.write_bytes(b"not a module")
+    with pytest.raises(SsiError, match="cannot read module info"):
+        kmod.firmware(ko)

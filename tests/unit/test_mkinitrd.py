@@ -19,6 +19,7 @@ from mkinitrd_ssi import freeze, image, mkinitrd
 from mkinitrd_ssi.cpio import Member
 from mkinitrd_ssi.image import Compression
 from mkinitrd_ssi.mkinitrd import main
+from tests.unit.fake_ko import fake_ko
 
 KVER = "6.1.0-test-amd64"
 TABLE = """\
@@ -59,10 +60,11 @@ def make_moddir(base: Path) -> Path:
     d = base / "lib/modules" / KVER
     (d / "kernel/drivers/virtio").mkdir(parents=True)
     (d / "kernel/drivers/block").mkdir(parents=True)
-    (d / "kernel/drivers/virtio/virtio_ring.ko").write_bytes(b"ring")
-    (d / "kernel/drivers/virtio/virtio.ko").write_bytes(b"virtio")
-    (d / "kernel/drivers/block/virtio_blk.ko.xz").write_bytes(lzma.compress(b"blk"))
-    (d / "kernel/drivers/block/loop.ko").write_bytes(b"loop")
+    (d / "kernel/drivers/virtio/virtio_ring.ko").write_bytes(fake_ko("ring"))
+    (d / "kernel/drivers/virtio/virtio.ko").write_bytes(fake_ko("virtio"))
+    blk = fake_ko("blk", {"firmware": ["vblk/fw.bin", "vblk/optional.bin"]})
+    (d / "kernel/drivers/block/virtio_blk.ko.xz").write_bytes(lzma.compress(blk))
+    (d / "kernel/drivers/block/loop.ko").write_bytes(fake_ko("loop"))
     (d / "modules.dep").write_text(
         "kernel/drivers/virtio/virtio_ring.ko:\n"
         "kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n"
@@ -117,7 +119,8 @@ def test_ramdisk_layout(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert got["etc/ssi/modules"].data.decode().splitlines() == [
         f"/{base}/kernel/drivers/virtio/virtio_ring.ko", f"/{base}/kernel/drivers/virtio/virtio.ko",
         f"/{base}/kernel/drivers/block/virtio_blk.ko"]
-    assert got[f"{base}/kernel/drivers/block/virtio_blk.ko"].data == b"blk"  # decompressed
+    blk = got[f"{base}/kernel/drivers/block/virtio_blk.ko"].data  # decompressed
+    assert blk[:4] == b"\x7fELF" and b"vblk/fw.bin" in blk
     assert f"{base}/kernel/drivers/block/loop.ko" not in got
     assert got[f"{base}/modules.alias"].data.startswith(b"alias virtio:")
     assert all(m.uid == 0 and m.gid == 0 and m.mtime == 0 for m in got.values())
@@ -316,3 +319,13 @@ def test_compress_level(root: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert build(root, "--compress-level", "5", "-o", str(b), "--no-dhcpd") == 0
     assert a.read_bytes() != b.read_bytes()
     assert members(a).keys() == members(b).keys()
+
+
+def test_firmware_the_modules_name_is_shipped(root: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (root / "lib/firmware/vblk").mkdir(parents=True)
+    (root / "lib/firmware/vblk/fw.bin.zst").write_bytes(b"FW")
+    assert build(root, "-v", "--compress", "none", "--no-dhcpd") == 0
+    got = members(root / "boot/initrd-ssi.img")
+    assert got["lib/firmware/vblk/fw.bin.zst"].data == b"FW"
+    assert "firmware not in" in capsys.readouterr().err  # the optional one, a -v note
