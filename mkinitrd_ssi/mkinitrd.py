@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-dhcpd", action="store_true", help="do not run mkdhcpd.ssi after")
     parser.add_argument("--list", type=Path, metavar="IMAGE",
                         help="list what IMAGE holds (mode, size, path, link target); build nothing")
+    parser.epilog = ("environment: SSI_CACHE is where the frozen agent and compressed parts "
+                     "are kept (default ~/.cache/ssi-boot); SOURCE_DATE_EPOCH caps every "
+                     "mtime in the image (default 0).")
     return parser
 
 
