@@ -27,13 +27,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import NoReturn
 
 from linuxrc_agent import cmdline as cmdline_mod
 from linuxrc_agent import (
     console,
-    disk_sync,
     mac_match,
     modules,
     mounts,
@@ -324,6 +322,12 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
         return "no-boot-partition", what
     fstype = found.fs.fstype
     _ensure_filesystem(boot, fstype)
+    # Imported here: disk_sync with xxhash and pathlib costs a thin node (most nodes)
+    # a few hundred milliseconds of boot under emulation, for nothing.
+    from pathlib import Path
+
+    from linuxrc_agent import disk_sync
+
     c = boot.cmdline
     kernel = Path(NEWROOT + c.kernel)
     initrd = Path(NEWROOT + c.initrd)
