@@ -116,10 +116,19 @@ def parse_cmdline(boot: Boot) -> None:
     for warning in boot.cmdline.warnings:
         console.warn(warning)
     known = {s.value for s in Stage}
+    breaks = []
     for name in boot.cmdline.breaks:
         if name not in known:
             console.warn(f"ssi.break={name}: no such stage; stages: "
                          + ", ".join(s.value for s in Stage))
+        elif name in (Stage.MOUNT_API.value, Stage.CMDLINE.value):
+            # They ran before the command line was read: stop at the earliest point left.
+            console.warn(f"ssi.break={name}: that stage has run already; stopping before "
+                         f"{Stage.MODULES.value} instead")
+            breaks.append(Stage.MODULES.value)
+        else:
+            breaks.append(name)
+    boot.cmdline = replace(boot.cmdline, breaks=tuple(dict.fromkeys(breaks)))
     console.debug(f"cmdline: {boot.cmdline}")
 
 

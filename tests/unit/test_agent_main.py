@@ -127,3 +127,15 @@ def test_mount_errors_name_their_remedy() -> None:
     assert "--add-modules xfs" in main._mount_checks(errno.ENODEV, "/dev/vda", "xfs", "")[0]
     einval = main._mount_checks(errno.EINVAL, "/dev/vda", "ext4", "bogus=1")
     assert any("rootflags=bogus=1" in c for c in einval)
+
+
+def test_breaks_before_early_stages_move_to_the_first_possible(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(main.cmdline_mod, "read",
+                        lambda: parse("ssi.break=cmdline,root,nosuch,mount_api"))
+    boot = Boot()
+    main.parse_cmdline(boot)
+    assert boot.cmdline.breaks == ("modules", "root")
+    out = capfd.readouterr().out
+    assert "ssi.break=nosuch: no such stage" in out
+    assert "stopping before modules instead" in out
