@@ -144,8 +144,6 @@ def load_modules(boot: Boot) -> None:
     mode = c.modules
     if mode == "auto":
         try:
-            if not modules.devices():
-                raise ValueError("no device in /sys/bus announces a modalias")
             loader.load_matching()
         except (OSError, ValueError) as e:
             console.warn(f"modules: cannot match devices to modules ({e}); loading all")

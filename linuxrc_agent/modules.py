@@ -321,11 +321,17 @@ class Loader:
         return self.load(module_name(p) for p in self.order)
 
     def load_matching(self, max_rounds: int = 8) -> list[str]:
-        """Load what present devices need, rescanning as loaded drivers reveal new devices."""
+        """Load what present devices need, rescanning as loaded drivers reveal new devices.
+
+        Raises ValueError when sysfs shows no device at all (nothing to match against)
+        or a carried module's metadata cannot be read: the caller loads all instead.
+        """
         new: list[str] = []
-        for _ in range(max_rounds):
+        for round_ in range(max_rounds):
             started = time.monotonic()
             found = devices(self.sys)
+            if not found and round_ == 0:
+                raise ValueError(f"no device in {self.sys}/bus announces a modalias")
             wanted: set[str] = set()
             for dev in found:
                 if not dev.bound:

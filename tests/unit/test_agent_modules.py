@@ -217,6 +217,11 @@ def test_load_matching_follows_devices_that_drivers_create(ramdisk: Ramdisk) -> 
     assert loader.load_matching() == []  # nothing new: nothing loaded twice
 
 
+def test_no_devices_at_all_is_an_error(ramdisk: Ramdisk) -> None:
+    with pytest.raises(ValueError, match="no device"):
+        ramdisk.loader().load_matching()
+
+
 def test_bound_devices_need_nothing(ramdisk: Ramdisk) -> None:
     fake_device(ramdisk.sys, "pci", "0000:00:04.0", "pci:v00001AF4d00001001sv0sd0bc01sc00i00",
                 bound=True)
