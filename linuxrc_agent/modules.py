@@ -10,7 +10,12 @@ line, dependencies first. Two ways to load them:
   virtio_blk then drives). Filesystems are loaded when the root's type is
   known (`load_filesystem`).
 - "all": every carried module, in order. The fallback when the modules'
-  metadata or sysfs cannot be read.
+  metadata or sysfs cannot be read; `ssi.modules=all` forces it.
+
+Measured under QEMU TCG, Debian 6.1 cloud kernel, the builder's default set
+(24 modules), interleaved boots: auto loaded 9 in 0.6-1.2 s, all loaded 23 in
+2.0-3.5 s (xfs and nfs alone are 5 MB of relocation and init). Reading the 24
+.modinfo sections costs 15-45 ms, a sysfs scan of ~40 devices 40-60 ms.
 
 `missing_drivers` matches devices that no driver claimed against the
 kernel's full modules.alias, so the agent can name the module to add.
