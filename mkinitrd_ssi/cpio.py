@@ -172,52 +172,65 @@ def _pad(n: int) -> bytes:
     return b"\0" * (-n & 3)
 
 
+class Newc:
+    """A tree laid out as one newc archive: path order, inode numbers and link counts
+    fixed up front, so that any run of its entries can be written on its own (the image
+    compresses runs separately) and all runs together form the one archive."""
+
+    def __init__(self, entries: Iterable[Entry], epoch: int = 0) -> None:
+        self.epoch = epoch
+        self.ordered = sorted(entries, key=lambda e: os.fsencode(e.path))
+        groups: dict[tuple[int, int], list[Entry]] = {}
+        for e in self.ordered:
+            if e.link_key is not None and stat.S_ISREG(e.mode):
+                groups.setdefault(e.link_key, []).append(e)
+        self.subdirs: dict[str, int] = {}
+        for e in self.ordered:
+            if stat.S_ISDIR(e.mode):
+                parent = e.path.rpartition("/")[0]
+                self.subdirs[parent] = self.subdirs.get(parent, 0) + 1
+        # Inodes are numbered in path order, so they depend on nothing but the tree.
+        self.inode: dict[str, int] = {}
+        self.nlink: dict[str, int] = {}
+        self.data_on: set[str] = set()
+        for e in self.ordered:
+            if e.path in self.inode:
+                continue
+            members = groups.get(e.link_key, [e]) if e.link_key is not None else [e]
+            for m in members:
+                self.inode[m.path] = len(self.data_on) + 1
+                self.nlink[m.path] = len(members)
+            # GNU cpio's convention, which the kernel follows too: data on the last link.
+            self.data_on.add(members[-1].path)
+
+    def write(self, entries: Iterable[Entry], out: BinaryIO) -> int:
+        """Write some of the entries (in the order given); returns bytes written."""
+        written = 0
+        for e in entries:
+            name = os.fsencode(e.path) + b"\0"
+            size = e.size if e.path in self.data_on or not stat.S_ISREG(e.mode) else 0
+            if size > _MAX_SIZE:
+                raise SsiError(f"/{e.path}: too large for a newc archive ({size} bytes)")
+            links = 2 + self.subdirs.get(e.path, 0) if stat.S_ISDIR(e.mode) \
+                else self.nlink[e.path]
+            head = _header(self.inode[e.path], e.mode, links,
+                           max(0, min(e.mtime, self.epoch)), size, e.rdev, len(name)) + name
+            out.write(head + _pad(len(head)))
+            written += len(head) + len(_pad(len(head)))
+            if size:
+                written += _write_body(e, size, out)
+        return written
+
+    def write_trailer(self, out: BinaryIO) -> int:
+        tail = _header(0, 0, 1, 0, 0, (0, 0), len(TRAILER) + 1) + TRAILER.encode() + b"\0"
+        out.write(tail + _pad(len(tail)))
+        return len(tail) + len(_pad(len(tail)))
+
+
 def write_newc(entries: Iterable[Entry], out: BinaryIO, epoch: int = 0) -> int:
     """Write entries (any order) as one newc archive with its trailer; returns bytes written."""
-    ordered = sorted(entries, key=lambda e: os.fsencode(e.path))
-    groups: dict[tuple[int, int], list[Entry]] = {}
-    for e in ordered:
-        if e.link_key is not None and stat.S_ISREG(e.mode):
-            groups.setdefault(e.link_key, []).append(e)
-    # Inodes are numbered in path order, so they depend on nothing but the tree.
-    inode: dict[str, int] = {}
-    nlink: dict[str, int] = {}
-    data_on: set[str] = set()
-    subdirs: dict[str, int] = {}
-    for e in ordered:
-        if stat.S_ISDIR(e.mode):
-            parent = e.path.rpartition("/")[0]
-            subdirs[parent] = subdirs.get(parent, 0) + 1
-    next_ino = 1
-    for e in ordered:
-        if e.path in inode:
-            continue
-        members = groups.get(e.link_key, [e]) if e.link_key is not None else [e]
-        if len(members) < 2:
-            members = [e]
-        for m in members:
-            inode[m.path] = next_ino
-            nlink[m.path] = len(members)
-        # GNU cpio's convention, which the kernel also follows: the data rides on the last link.
-        data_on.add(members[-1].path)
-        next_ino += 1
-    written = 0
-    for e in ordered:
-        name = os.fsencode(e.path) + b"\0"
-        size = e.size if e.path in data_on or not stat.S_ISREG(e.mode) else 0
-        if size > _MAX_SIZE:
-            raise SsiError(f"/{e.path}: too large for a newc archive ({size} bytes)")
-        links = 2 + subdirs.get(e.path, 0) if stat.S_ISDIR(e.mode) else nlink[e.path]
-        head = _header(inode[e.path], e.mode, links, max(0, min(e.mtime, epoch)), size, e.rdev,
-                       len(name)) + name
-        out.write(head + _pad(len(head)))
-        written += len(head) + len(_pad(len(head)))
-        if size:
-            written += _write_body(e, size, out)
-    tail = _header(0, 0, 1, 0, 0, (0, 0), len(TRAILER) + 1) + TRAILER.encode() + b"\0"
-    out.write(tail + _pad(len(tail)))
-    written += len(tail) + len(_pad(len(tail)))
-    return written
+    newc = Newc(entries, epoch)
+    return newc.write(newc.ordered, out) + newc.write_trailer(out)
 
 
 def _write_body(e: Entry, size: int, out: BinaryIO) -> int:
@@ -260,8 +273,17 @@ class Member:
 
 def read_archive(raw: bytes, pos: int = 0) -> tuple[list[Member], int]:
     """Parse one archive starting at pos, up to and including its trailer."""
+    members, pos, trailer = read_entries(raw, pos)
+    if not trailer:
+        raise SsiError("archive ends without its TRAILER!!! entry")
+    return members, pos
+
+
+def read_entries(raw: bytes, pos: int = 0) -> tuple[list[Member], int, bool]:
+    """Parse entries from pos up to a trailer (included) or the end of raw, which must
+    then fall on an entry boundary. Returns (members, end position, trailer seen)."""
     members: list[Member] = []
-    while True:
+    while pos < len(raw):
         head = raw[pos:pos + _HEADER_LEN]
         if len(head) < _HEADER_LEN or head[:6] not in (b"070701", b"070702"):
             raise SsiError(f"not a newc cpio header at byte {pos}")
@@ -280,6 +302,7 @@ def read_archive(raw: bytes, pos: int = 0) -> tuple[list[Member], int]:
             raise SsiError(f"{name}: archive truncated")
         pos = body + size + (-size & 3)
         if name == TRAILER:
-            return members, pos
+            return members, pos, True
         target = os.fsdecode(data) if stat.S_ISLNK(mode) else None
         members.append(Member(name, mode, size, nlink, ino, mtime, uid, gid, rdev, target, data))
+    return members, pos, False

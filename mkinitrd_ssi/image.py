@@ -1,18 +1,16 @@
-"""The ramdisk image: the archive cut into segments, each compressed once and cached.
+"""The ramdisk image: one cpio archive, compressed in segments, each cached.
 
-The kernel unpacks an initramfs made of several cpio archives laid end to end,
-each compressed on its own (Documentation/driver-api/early-userspace/
-buffer-format.rst; Debian's early-microcode images rely on it). Cutting the
-tree into a few segments along its top directories lets a rebuild after an
-ssitab edit recompress only the small segment holding /etc, and reuse the
-others (the frozen agent, the libraries, the modules) from a cache keyed by
-their exact bytes, so zstd can run at its strongest level and a rebuild still
-takes well under a second. Every segment is a complete archive with its own
-trailer, since the kernel forgets hard links at a trailer and refuses a
-compressed member that stops mid-archive. Inode numbers restart in every
-segment so that one segment's bytes do not depend on another's contents.
-
-`--compress none` writes one single archive, for tools that read only the first.
+The kernel's initramfs unpacker takes compressed members laid end to end and
+feeds them all to one cpio parser; it only requires that each member end
+between two entries (init/initramfs.c: after every entry the state is Reset,
+which is what it checks at the end of a member). So the archive is cut, along
+its top directories, into a few runs of entries, each compressed on its own
+(one zstd frame, one gzip member): a rebuild after an ssitab edit recompresses
+only the small run holding /etc and takes the others (the frozen agent, the
+libraries, the modules) from a cache keyed by their exact bytes. The
+decompressed stream is still one archive with one trailer, so `zstd -dc |
+cpio -t` and lsinitramfs see everything. Inode numbers are global and depend
+on paths only, so a content edit leaves every other run's bytes unchanged.
 """
 
 from __future__ import annotations
@@ -183,15 +181,20 @@ def build(entries: Sequence[Entry], how: Compression, epoch: int,
           cache: SegmentCache | None = None, level: int | None = None) -> bytes:
     """The whole image: one archive for none, compressed cached segments otherwise."""
     level = level_of(how, level)
+    newc = cpio.Newc(entries, epoch)
     if how is Compression.NONE:
         buf = io.BytesIO()
-        cpio.write_newc(entries, buf, epoch)
+        newc.write(newc.ordered, buf)
+        newc.write_trailer(buf)
         return buf.getvalue()
     cache = cache or SegmentCache(None)
     raws: list[bytes] = []
-    for seg in segments(entries):
+    segs = segments(newc.ordered)
+    for i, seg in enumerate(segs):
         buf = io.BytesIO()
-        cpio.write_newc(seg, buf, epoch)
+        newc.write(seg, buf)
+        if i == len(segs) - 1:
+            newc.write_trailer(buf)
         raws.append(buf.getvalue())
     found = [cache.get(raw, how, level) for raw in raws]
     todo = [i for i, data in enumerate(found) if data is None]
@@ -232,24 +235,27 @@ def _decompress_one(data: bytes, how: Compression) -> tuple[bytes, bytes]:
 
 
 def read_image(data: bytes) -> list[Member]:
-    """Every member of an image made of archives laid end to end, each raw, gzip or
-    zstd, as the kernel takes them (an uncompressed microcode archive first, say)."""
+    """Every member of an image, read as the kernel does: archives and compressed
+    streams laid end to end (an uncompressed microcode archive first, say), where a
+    run of compressed members is one byte stream, whatever its frame boundaries."""
     members: list[Member] = []
-    rest = data
+    rest = data.lstrip(b"\0")
     while rest:
-        stripped = rest.lstrip(b"\0")
-        if not stripped:
-            break
-        how = detect(stripped)
+        how = detect(rest)
         if how is None:
-            raise SsiError(f"unknown data at byte {len(data) - len(stripped)} of the image",
+            raise SsiError(f"unknown data at byte {len(data) - len(rest)} of the image",
                            hint="not a ramdisk, or compressed in a way mkinitrd.ssi does not read")
         if how is Compression.NONE:
-            part, end = cpio.read_archive(stripped)
+            part, end = cpio.read_archive(rest)
             members += part
-            rest = stripped[end:]
+            rest = rest[end:].lstrip(b"\0")
             continue
-        raw, rest = _decompress_one(stripped, how)
+        parts: list[bytes] = []
+        while rest and detect(rest) is how:
+            out, rest = _decompress_one(rest, how)
+            parts.append(out)
+            rest = rest.lstrip(b"\0")
+        raw = b"".join(parts)
         pos = 0
         while pos < len(raw):
             part, pos = cpio.read_archive(raw, pos)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mkinitrd_ssi.cpio import Archive, Entry, clean_path, read_archive, write_newc
+from mkinitrd_ssi.cpio import Archive, Entry, Newc, clean_path, read_archive, write_newc
 from mkinitrd_ssi.errors import SsiError
 
 pytestmark = pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
@@ -195,3 +195,13 @@ def test_a_file_changing_size_while_written_is_an_error(tmp_path: Path) -> None:
         mp.setattr(Entry, "size", property(stale_size))
         with pytest.raises(SsiError, match="changed size"):
             arc.write(io.BytesIO())
+
+
+def test_runs_written_apart_make_the_same_archive(tmp_path: Path) -> None:
+    arc = archive_of(sample_tree(tmp_path, 1_000_000))
+    newc = Newc(arc.entries.values())
+    buf = io.BytesIO()
+    for i in range(0, len(newc.ordered), 3):  # any cut between entries
+        newc.write(newc.ordered[i:i + 3], buf)
+    newc.write_trailer(buf)
+    assert buf.getvalue() == raw(arc)

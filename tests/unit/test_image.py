@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from mkinitrd_ssi import image
-from mkinitrd_ssi.cpio import Archive, Entry, read_archive
+from mkinitrd_ssi.cpio import Archive, Entry, read_archive, read_entries
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.image import Compression, SegmentCache
 
@@ -57,17 +57,33 @@ def test_segments_cover_the_tree_in_order_small_keys_share_one() -> None:
 
 
 @pytest.mark.parametrize("how", [Compression.ZSTD, Compression.GZIP])
-def test_every_compressed_member_is_a_whole_archive(how: Compression) -> None:
+def test_members_end_between_entries_and_together_form_one_archive(how: Compression) -> None:
+    """What the kernel needs: each compressed member ends where an entry ends (its
+    parser is then in state Reset); all of them make one archive with one trailer."""
     arc = make_archive()
     data = image.build(entries(arc), how, 0)
-    rest, count = data, 0
+    rest, outs = data, []
     while rest:
         out, rest = image._decompress_one(rest, how)
-        members, end = read_archive(out)  # ends on its own trailer: what the kernel demands
+        members, end, trailer = read_entries(out)
         assert end == len(out) and members
-        count += 1
-    assert count == len(image.segments(entries(arc))) > 1
+        outs.append((out, trailer))
+    assert len(outs) == len(image.segments(entries(arc))) > 1
+    assert [t for _, t in outs] == [False] * (len(outs) - 1) + [True]
+    members, end = read_archive(b"".join(o for o, _ in outs))
+    assert [m.path for m in members] == sorted(arc.entries, key=os.fsencode)
     assert {m.path for m in image.read_image(data)} == set(arc.entries)
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None or shutil.which("zstd") is None,
+                    reason="GNU cpio or zstd not installed")
+def test_gnu_cpio_lists_a_zstd_image_whole() -> None:
+    arc = make_archive()
+    data = image.build(entries(arc), Compression.ZSTD, 0)
+    raw = subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
+    out = subprocess.run(["cpio", "-t", "--quiet"], input=raw, capture_output=True,
+                         check=True).stdout.decode().split()
+    assert out == sorted(arc.entries, key=os.fsencode)
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
