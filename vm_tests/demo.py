@@ -145,7 +145,7 @@ def start(machine: Machine, net: PxeNet | None, admin: Path, disks: list[Disk],
 
 def watch(machines: list[Machine], net: PxeNet | None, timeout: float) -> None:
     done: set[str] = set()
-    shown: dict[str, str] = {}
+    shown = ""
     deadline = time.monotonic() + timeout
     while len(done) < len(machines) and time.monotonic() < deadline:
         for m in machines:
@@ -153,10 +153,10 @@ def watch(machines: list[Machine], net: PxeNet | None, timeout: float) -> None:
                 done.add(m.name)
                 if m.vm is not None:
                     m.vm.kill()
-            if shown.get(m.name) != m.stage:
-                shown[m.name] = m.stage
-                print("    " + "   ".join(f"{x.name}: {x.stage:<11}" for x in machines),
-                      flush=True)
+        line = "    " + "   ".join(f"{x.name}: {x.stage:<11}" for x in machines)
+        if line != shown:
+            shown = line
+            print(line.rstrip(), flush=True)
         time.sleep(0.5)
     for m in machines:
         if m.name not in done:
