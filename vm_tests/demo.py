@@ -70,7 +70,7 @@ class Machine:
             return True
         if net is not None and self.stage == "firmware" \
                 and net.dhcpd_output().count(f"DHCPDISCOVER from {self.mac}") >= 2 \
-                and f"DHCPOFFER on" not in _dhcp_lines(net, self.mac):
+                and "DHCPOFFER on" not in _dhcp_lines(net, self.mac):
             self.stage = "refused"
             self.outcome = "no lease: dhcpd refused the unknown MAC"
             return True
