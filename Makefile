@@ -59,6 +59,9 @@ demo: deps venv kernel ## build the ramdisk and boot a small demo cluster under 
 
 bench: deps venv kernel ## benchmarks; figures go in the README
 	$(PY) bench/bench_mkdhcpd.py
+	$(PY) bench/bench_mkinitrd.py
+	$(PY) bench/bench_disk_sync.py
+	$(PY) bench/bench_fanout.py
 
 clean: ## remove the virtualenv and caches (kernel included)
 	rm -rf $(VENV) $(CACHE) *.egg-info
