@@ -17,8 +17,11 @@ from __future__ import annotations
 import enum
 import gc
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
+from socket import inet_aton
 
 DEFAULT_PATH = "/etc/ssitab"
 DEFAULT_PREFIX = 24
@@ -202,22 +205,20 @@ def _fields(line: str) -> list[tuple[int, str]]:
     return [(m.start() + 1, m.group()) for m in _WORD_RE.finditer(line)]
 
 
-_FastFields = tuple[int, str, int, tuple[str, ...], bool, "BootDev | None", str]
-
-
-def _fast_fields(text: str) -> _FastFields | None:
+def _fast_node(text: str, lineno: int) -> Node | None:
     """A plainly valid line's node, uniqueness aside; None leaves it to the careful path."""
     m = _FAST_RE.fullmatch(text)
     if m is None:
         return None
-    num, addr, a, b, c, d, pfx, mac_text, flag, boot, hostname = m.groups()
+    num, addr, _a, _b, _c, d, pfx, mac_text, flag, boot, hostname = m.groups()
     prefix = DEFAULT_PREFIX if pfx is None else int(pfx)
     if prefix == 24:
         if d == "0" or d == "255":
             return None
     elif prefix <= 30:
         hostmask = (1 << (32 - prefix)) - 1
-        host = ((int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)) & hostmask
+        # The regex has made addr a canonical dotted quad: inet_aton reads it as such.
+        host = int.from_bytes(inet_aton(addr), "big") & hostmask
         if host == 0 or host == hostmask:
             return None
     if "-" in mac_text:
@@ -227,7 +228,7 @@ def _fast_fields(text: str) -> _FastFields | None:
     macs = tuple(mac_text.lower().split(","))
     if "00:00:00:00:00:00" in macs or (len(macs) > 1 and len(set(macs)) != len(macs)):
         return None
-    local = flag == "1" or flag.lower() == "yes"
+    local = flag == "1" or (flag != "0" and flag.lower() == "yes")
     bootdev: BootDev | None = None
     if local:
         bootdev = parse_bootdev(boot)
@@ -240,7 +241,11 @@ def _fast_fields(text: str) -> _FastFields | None:
         hostname = f"node{number}"
     elif len(hostname) > 253 or hostname.rpartition(".")[2].isdigit():
         return None
-    return number, addr, prefix, macs, local, bootdev, hostname
+    return Node(number, addr, prefix, macs, local, bootdev, hostname, lineno)
+
+
+def _all_unique(values: Iterable[object], count: int) -> bool:
+    return len(set(values)) == count
 
 
 def _parse_plain(text: str, path: str) -> Ssitab | None:
@@ -256,16 +261,16 @@ def _parse_plain(text: str, path: str) -> Ssitab | None:
             raw = raw.split("#", 1)[0]
         if not raw or raw.isspace():
             continue
-        fields = _fast_fields(raw)
-        if fields is None:
+        node = _fast_node(raw, lineno)
+        if node is None:
             return None
-        append(Node(*fields, lineno))
+        append(node)
     count = len(nodes)
-    if (len({n.number for n in nodes}) != count or len({n.ip for n in nodes}) != count
-            or len({n.hostname.lower() for n in nodes}) != count):
-        return None
-    macs = [mac for n in nodes for mac in n.macs]
-    if len(set(macs)) != len(macs):
+    macs = list(chain.from_iterable(map(attrgetter("macs"), nodes)))
+    if not (_all_unique(map(attrgetter("number"), nodes), count)
+            and _all_unique(map(attrgetter("ip"), nodes), count)
+            and _all_unique(map(str.lower, map(attrgetter("hostname"), nodes)), count)
+            and _all_unique(macs, len(macs))):
         return None
     return Ssitab(path, tuple(nodes))
 
@@ -293,21 +298,20 @@ class _Parser:
 
     def fast_line(self, lineno: int, text: str) -> bool:
         """Accept a plainly valid line and return True; False leaves it to line()."""
-        fields = _fast_fields(text)
-        if fields is None:
+        node = _fast_node(text, lineno)
+        if node is None:
             return False
-        number, addr, prefix, macs, local, bootdev, hostname = fields
-        key = hostname.lower()
+        key = node.hostname.lower()
         seen = self.macs
-        if (number in self.numbers or addr in self.ips or key in self.hostnames
-                or any(mac in seen for mac in macs)):
+        if (node.number in self.numbers or node.ip in self.ips or key in self.hostnames
+                or any(mac in seen for mac in node.macs)):
             return False
-        self.numbers[number] = lineno
-        self.ips[addr] = lineno
-        for mac in macs:
+        self.numbers[node.number] = lineno
+        self.ips[node.ip] = lineno
+        for mac in node.macs:
             seen[mac] = lineno
         self.hostnames[key] = lineno
-        self.nodes.append(Node(number, addr, prefix, macs, local, bootdev, hostname, lineno))
+        self.nodes.append(node)
         return True
 
     def line(self, lineno: int, raw: str) -> None:
