@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from mkinitrd_ssi.lilo import main as lilo
 from mkinitrd_ssi.mkdhcpd import main as mkdhcpd
 from mkinitrd_ssi.mkinitrd import main as mkinitrd
-from vm_tests import cluster
+from vm_tests import cluster, localdisk
 from vm_tests.kernel import Kernel
 from vm_tests.pxe import PxeNet, pxe_network
 from vm_tests.qemu import Disk, Nic, Vm, VmConfig
@@ -70,6 +71,25 @@ def test_diskless_node_pxe_boots_and_joins(net: PxeNet, root_images: dict[str, P
     assert env["SSI_MAC"] == cluster.MAC_N1 and env["SSI_HOSTNAME"] == "n1"
     assert env["SSI_LOCAL_BOOT"] == "0"
     assert f"DHCPACK on 10.77.0.11 to {cluster.MAC_N1}" in net.dhcpd_output()
+
+
+def test_local_node_pxe_boots_syncs_then_boots_from_disk_alone(
+        net: PxeNet, root_images: dict[str, Path], kernel: Kernel, ramdisk: Path,
+        tmp_path: Path) -> None:
+    disk = localdisk.stale_disk(tmp_path, kernel.vmlinuz, CMDLINE)
+    with pxe_vm(net, cluster.MAC_N2, tmp_path / "n2-pxe.log",
+                [Disk(disk), shared_root(root_images)]) as vm:
+        env = vm.node_env(timeout=240)
+    assert (env["SSI_NODE"], env["SSI_SYNC"]) == ("2", "updated")
+    on_disk = localdisk.pair_on_disk(disk)
+    assert xxhash.xxh3_128_hexdigest(ramdisk.read_bytes()) in on_disk.values()
+    # Powered off; now no network boot: the BIOS boots the disk, extlinux the synced pair.
+    config = VmConfig(nics=[Nic(cluster.MAC_N2, netdev=net.netdev())], netns=net.ns,
+                      disks=[Disk(disk), shared_root(root_images)], extra=["-boot", "c"])
+    with Vm(config, tmp_path / "n2-disk.log") as vm:
+        env = vm.node_env(timeout=240)
+        assert "SYSLINUX" in vm.output()
+    assert (env["SSI_NODE"], env["SSI_SYNC"]) == ("2", "unchanged")
 
 
 def test_unknown_mac_gets_no_lease_then_joins_once_added(

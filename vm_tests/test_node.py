@@ -9,7 +9,6 @@ the synced disk then boots alone through extlinux.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -17,8 +16,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from mkinitrd_ssi.localsync import attach, local_only, mounted, provision
-from vm_tests import cluster
+from vm_tests import cluster, localdisk
 from vm_tests.conftest import BootVm
 from vm_tests.kernel import Kernel
 from vm_tests.qemu import INIT_MARKER, Disk, Nic, Vm, VmConfig
@@ -83,38 +81,12 @@ def test_unknown_machine_shows_its_macs_and_no_panic(boot_vm: BootVm,
 # --- local boot partition -------------------------------------------------------------
 
 
-def pair_on_disk(disk: Path) -> dict[str, str]:
-    """xxh3_128 of every ssi/ file on the disk's boot partition, and its extlinux.conf."""
-    with attach(disk) as (part, _), mounted(part, "ro") as mnt:
-        files = {p.name: xxhash.xxh3_128_hexdigest(p.read_bytes())
-                 for p in sorted((mnt / "ssi").iterdir())}
-        files["extlinux.conf"] = (mnt / "extlinux.conf").read_text()
-    return files
-
-
-def image_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def stale_disk(tmp_path_factory: pytest.TempPathFactory, kernel: Kernel) -> Path:
-    """Node 2's disk: an extlinux partition LABEL=ssiboot holding an older pair."""
     if os.geteuid() != 0:
         pytest.skip("needs root: loop devices")
-    work = tmp_path_factory.mktemp("stale")
-    disk = work / "disk.img"
-    provision(disk, size_mib=128, label=cluster.BOOT_LABEL)
-    old_initrd = work / "old-initrd.img"
-    old_initrd.write_bytes(b"an older ramdisk\n" * 1000)
-    with attach(disk) as (part, _), mounted(part) as mnt:
-        result = local_only(mnt, kernel.vmlinuz, old_initrd,
-                            f"console=ttyS0 {root_args()}")
-        assert result.status.value == "updated", result
-    return disk
+    return localdisk.stale_disk(tmp_path_factory.mktemp("stale"), kernel.vmlinuz,
+                                f"console=ttyS0 {root_args()}")
 
 
 @needs_root
@@ -123,24 +95,24 @@ def test_stale_partition_is_updated_then_unchanged_then_boots_alone(
         ramdisk: Path, kernel: Kernel) -> None:
     disk = tmp_path / "n2.img"
     shutil.copyfile(stale_disk, disk)
-    before = pair_on_disk(disk)
+    before = localdisk.pair_on_disk(disk)
     assert xxhash.xxh3_128_hexdigest(ramdisk.read_bytes()) not in before.values()
 
     env = boot_vm(root_args(), [shared_root(root_images), Disk(disk)],
                   macs=(cluster.MAC_N2,), name="sync").node_env()
     assert (env["SSI_NODE"], env["SSI_LOCAL_BOOT"], env["SSI_SYNC"]) == ("2", "1", "updated")
-    after = pair_on_disk(disk)
+    after = localdisk.pair_on_disk(disk)
     want = {xxhash.xxh3_128_hexdigest(kernel.vmlinuz.read_bytes()),
             xxhash.xxh3_128_hexdigest(ramdisk.read_bytes())}
     assert {v for k, v in after.items() if k != "extlinux.conf"} == want
     assert all(name in after["extlinux.conf"] for name in after if name != "extlinux.conf")
 
     # Booted again: unchanged, and not one byte of the disk image written.
-    digest = image_digest(disk)
+    digest = localdisk.image_digest(disk)
     env = boot_vm(root_args(), [shared_root(root_images), Disk(disk)],
                   macs=(cluster.MAC_N2,), name="again").node_env()
     assert env["SSI_SYNC"] == "unchanged"
-    assert image_digest(disk) == digest
+    assert localdisk.image_digest(disk) == digest
 
     # From the disk alone: no -kernel, no network boot. extlinux loads the synced pair.
     config = VmConfig(disks=[Disk(disk), shared_root(root_images)],
