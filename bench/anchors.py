@@ -1,0 +1,125 @@
+"""A throwaway Debian chroot holding the anchors (dracut, initramfs-tools), cached.
+
+`debootstrap --variant=minbase bookworm` into $SSI_CACHE/anchors/chroot, then
+apt-get install inside it: nothing is installed on the host. Every command
+that needs mounts (debootstrap itself, apt, the builds) runs in a private
+mount namespace (`unshare --mount --propagation private`), so its bind mounts
+(/dev, /proc, the kernel's modules, the output directory) exist only there and
+vanish with it, even when the run is killed; the script also unmounts them on
+exit. The chroot is reused while its stamp names the same package list.
+
+    .venv/bin/python bench/anchors.py            # build (once) and print the versions
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ("dracut-core", "initramfs-tools", "busybox", "kmod", "zstd", "cpio", "udev")
+RECIPE = "1"
+
+# Runs in a private mount namespace: binds, then the chroot command, then unbinds.
+CHROOT_RUN = r"""
+set -eu
+C=$ANCHOR_CHROOT
+mounted=""
+cleanup() {
+  for m in $mounted; do umount -R -l "$m" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+bind() {  # bind SRC DEST [ro]
+  mkdir -p "$2"
+  mount --bind "$1" "$2"
+  mounted="$2 $mounted"
+  if [ "${3:-}" = ro ]; then mount -o remount,bind,ro "$2"; fi
+}
+mount --rbind /dev "$C/dev"; mounted="$C/dev $mounted"
+mount -t proc proc "$C/proc"; mounted="$C/proc $mounted"
+if [ -n "${ANCHOR_MODDIR:-}" ]; then bind "$ANCHOR_MODDIR" "$C/lib/modules/$ANCHOR_KVER" ro; fi
+if [ -n "${ANCHOR_OUT:-}" ]; then bind "$ANCHOR_OUT" "$C/bench"; fi
+chroot "$C" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+    DEBIAN_FRONTEND=noninteractive /bin/sh -c "$ANCHOR_SCRIPT"
+"""
+
+
+def cache_root() -> Path:
+    env = os.environ.get("SSI_CACHE")
+    return Path(env) if env else REPO / ".cache"
+
+
+def chroot_dir() -> Path:
+    return cache_root() / "anchors" / "chroot"
+
+
+def _stamp() -> Path:
+    return cache_root() / "anchors" / "chroot.ok"
+
+
+def _stamp_text() -> str:
+    return f"recipe={RECIPE} suite={SUITE} packages={','.join(PACKAGES)}\n"
+
+
+def run_in_chroot(script: str, *, moddir: Path | None = None, kver: str = "",
+                  out: Path | None = None, capture: bool = True,
+                  timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run `script` (sh) in the chroot with /dev, /proc and optionally the kernel's
+    modules (read-only, at /lib/modules/KVER) and `out` (at /bench) bound in."""
+    env = {**os.environ, "ANCHOR_CHROOT": str(chroot_dir()), "ANCHOR_SCRIPT": script,
+           "ANCHOR_MODDIR": str(moddir) if moddir else "", "ANCHOR_KVER": kver,
+           "ANCHOR_OUT": str(out) if out else ""}
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           CHROOT_RUN], env=env, text=True, capture_output=capture,
+                          timeout=timeout, check=False)
+
+
+def ensure_chroot(log: Path | None = None) -> dict[str, str]:
+    """The chroot (built if missing or stale); returns {package: version} inside it."""
+    root = chroot_dir()
+    if not (_stamp().is_file() and _stamp().read_text() == _stamp_text()):
+        if os.geteuid() != 0:
+            raise SystemExit("anchors: building the chroot needs root (debootstrap, chroot)")
+        if shutil.which("debootstrap") is None:
+            raise SystemExit("anchors: debootstrap missing: apt-get install debootstrap")
+        _stamp().unlink(missing_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        logf = log or root.parent / "chroot-build.log"
+        print(f"anchors: debootstrap {SUITE} into {root} (log {logf}) ...", file=sys.stderr)
+        with open(logf, "w") as f:
+            # debootstrap mounts /proc and /sys in the target: a private namespace
+            # takes them away even if it fails half-way.
+            proc = subprocess.run(["unshare", "--mount", "--propagation", "private",
+                                   "debootstrap", "--variant=minbase", SUITE, str(root),
+                                   MIRROR], stdout=f, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"anchors: debootstrap failed, see {logf}")
+        install = ("apt-get update -q && apt-get install -y -q --no-install-recommends "
+                   + " ".join(PACKAGES) + " && apt-get clean")
+        res = run_in_chroot(install)
+        with open(logf, "a") as f:
+            f.write(res.stdout + res.stderr)
+        if res.returncode != 0:
+            raise SystemExit(f"anchors: apt-get install in the chroot failed, see {logf}")
+        _stamp().write_text(_stamp_text())
+    res = run_in_chroot("dpkg-query -W -f '${Package} ${Version}\\n' " + " ".join(PACKAGES))
+    if res.returncode != 0:
+        raise SystemExit(f"anchors: chroot unusable:\n{res.stderr}")
+    return dict(line.split(" ", 1) for line in res.stdout.splitlines() if " " in line)
+
+
+def main() -> int:
+    for name, version in ensure_chroot().items():
+        print(f"{name} {version}")
+    print(f"chroot: {chroot_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
