@@ -62,6 +62,8 @@ bench: deps venv kernel ## benchmarks; figures go in the README
 	$(PY) bench/bench_mkinitrd.py
 	$(PY) bench/bench_disk_sync.py
 	$(PY) bench/bench_fanout.py
+	$(PY) bench/bench_initrd.py
+	$(PY) bench/bench_pxe.py
 
 clean: ## remove the virtualenv and caches (kernel included)
 	rm -rf $(VENV) $(CACHE) *.egg-info

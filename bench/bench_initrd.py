@@ -444,8 +444,9 @@ def report(rows: list[Row], floor: Row | None, k: Kernel, modules: list[str],
            f"{versions.get('initramfs-tools', '?')} (debootstrap {anchors.SUITE} chroot); "
            f"dracut -m '{DRACUT_MODULES}' --drivers <the modules>; mkinitramfs MODULES=list.",
            f"Machine: {os.cpu_count()} cores, load average {min(loads):.1f}-{max(loads):.1f} "
-           f"(median {statistics.median(loads):.1f}) while measuring; QEMU TCG; boot figures "
-           f"are medians of {args.boots} (min-max), rebuilds medians of {args.rebuilds}.", "",
+           f"(median {statistics.median(loads):.1f}) while measuring; QEMU TCG"
+           + ("" if args.no_boot else f"; boot figures are medians of {args.boots} (min-max)")
+           + f"; rebuilds medians of {args.rebuilds}.", "",
            "Build times: wall clock, then (CPU seconds, user + sys, of every process of "
            "the build: less sensitive to other users of the machine).", "",
            "| builder | cold build | rebuild | image | decompressed | entries "

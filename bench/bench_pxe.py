@@ -1,0 +1,461 @@
+"""Power-on to joined for N = 1, 2, 4, 8 PXE nodes booting at once from one server.
+
+    .venv/bin/python bench/bench_pxe.py [--nodes 1,2,4,8] [--repeats 3] [--keep DIR]
+
+Root needed. One private boot network for the whole run (its own namespace,
+bridge, real ISC dhcpd on mkdhcpd.ssi's output, real tftpd-hpa on lilo.ssi's
+/tftpboot), and a generated node table with 8 diskless nodes of distinct MACs.
+Each round powers on N QEMU (TCG) nodes at once, each on its own tap, with
+QEMU's iPXE ROM; `joined` is when the shared root's init prints the agent's
+node.env (SSI-NODE-ENV-BEGIN) on that node's console. Rounds are interleaved
+(1, 2, 4, 8, 1, 2, ...) so that load drift spreads over every N. The anchor
+is N = 1 in the same run: the report gives each N's median and max against it.
+
+Where one boot's time goes, from timestamps on both sides:
+- the console, read every 50 ms and stamped on the host: SeaBIOS's serial
+  console (-machine graphics=off) carries iPXE's own output (DHCP done, each
+  file fetched), the agent prints its start and switch_root, the init joins;
+- the guest's own clock: the init prints its uptime and the kernel's "Run
+  /init" stamp, so kernel start on the host clock is `joined - uptime`;
+- the servers: dhcpd's log lines stamped as they appear, and tftpd's RRQ
+  lines (tftpd-hpa logs only to syslog: the bench runs it with a private
+  /dev whose /dev/log is the bench's own syslog socket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mkinitrd_ssi.lilo import main as lilo  # noqa: E402
+from mkinitrd_ssi.mkinitrd import main as mkinitrd  # noqa: E402
+from mkinitrd_ssi.run import run  # noqa: E402
+from vm_tests import cluster, images  # noqa: E402
+from vm_tests.kernel import Kernel, kernel  # noqa: E402
+from vm_tests.netns import Netns, Proc  # noqa: E402
+from vm_tests.pxe import PREFIX, SERVER_IP, PxeNet  # noqa: E402
+from vm_tests.qemu import ENV_BEGIN, ENV_END, INIT_MARKER, Disk, Nic, Vm, VmConfig  # noqa: E402
+
+MAX_NODES = 8
+CMDLINE = f"root=LABEL={cluster.ROOT_LABEL} console=ttyS0 panic=-1 quiet"
+UPTIME = "SSI-BENCH-UPTIME"
+# The shared root's init: the tests' markers, plus the guest clock.
+BENCH_INIT = f"""#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc 2>/dev/null
+read up rest < /proc/uptime
+echo "{INIT_MARKER} pid=$$"
+echo "{UPTIME} $up"
+/bin/busybox dmesg | /bin/busybox grep -m1 'Run /init as init process' \\
+    | /bin/busybox sed 's/^/{UPTIME}-KMSG /'
+echo "{ENV_BEGIN}"
+/bin/busybox cat /run/ssi/node.env
+echo "{ENV_END}"
+/bin/busybox poweroff -f
+"""
+# Console milestones, in boot order; the first match of each is stamped.
+MILESTONES = {
+    "dhcp_start": r"Configuring \(net0 ",
+    "dhcp_ok": r"Configuring \(net0 [^)]*\)[. ]*ok",
+    "kernel_ok": r"vmlinuz\.\.\.[ 0-9%\x08]*ok",
+    "initrd_ok": r"initrd\.img\.\.\.[ 0-9%\x08]*ok",
+    "agent": r"linuxrc: ssi-boot agent on kernel \S+, ([0-9.]+) s after kernel start",
+    "switch": r"linuxrc: switching to \S+ on \S+ after ([0-9.]+) s",
+    "joined": ENV_BEGIN,
+}
+# Phases of one boot: (name, from, to) on the host clock, seconds.
+PHASES = (
+    ("firmware (SeaBIOS, iPXE start, its 2 Ctrl-B prompts)", "power_on", "dhcp_start"),
+    ("DHCP: iPXE's DISCOVER to dhcpd's ACK", "dhcp_start", "dhcp_ack"),
+    ("iPXE still configuring after the ACK (IPv6 router solicitation)", "dhcp_ack",
+     "dhcp_ok"),
+    ("TFTP: script + kernel", "dhcp_ok", "kernel_ok"),
+    ("TFTP: ramdisk", "kernel_ok", "initrd_ok"),
+    ("iPXE hand-over to kernel start", "initrd_ok", "kernel_start"),
+    ("kernel start to exec of /init", "kernel_start", "run_init"),
+    ("/init to the agent's main (unpacked, frozen Python started)", "run_init", "agent"),
+    ("agent main to switch_root", "agent", "switch"),
+    ("switch_root to joined (init prints node.env)", "switch", "joined"),
+)
+
+
+def table_for_bench(n: int = MAX_NODES) -> str:
+    """A node table of n diskless nodes with distinct MACs (and none of the tests')."""
+    lines = ["# bench_pxe: generated node table",
+             "# node  ip             mac                local bootdev options"]
+    lines += [f"{i}  10.77.0.{100 + i}/24  {mac(i)}  0  -  hostname=b{i}"
+              for i in range(1, n + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def mac(i: int) -> str:
+    return f"52:54:00:5b:00:{i:02x}"
+
+
+# --- the servers -------------------------------------------------------------------------
+
+
+class Syslog:
+    """A syslog socket for tftpd: every datagram stamped with the host's monotonic clock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        path.chmod(0o666)
+        self.sock.settimeout(0.2)
+        self.lines: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.lines.append((time.monotonic(), data.decode(errors="replace")))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+TFTPD = r"""
+set -eu
+# A private /dev: tftpd-hpa logs only to syslog, and /dev/log here is the bench's socket.
+mount -t tmpfs -o size=64k,mode=755 tmpfs /dev
+mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5; mknod -m 666 /dev/urandom c 1 9
+ln -s "$SYSLOG" /dev/log
+exec ip netns exec "$NS" in.tftpd --foreground --verbose --user root \
+    --address "$ADDRESS" --secure "$TFTPBOOT"
+"""
+
+
+# Unsolicited IPv6 router advertisements on the boot network, twice a second: no
+# prefix, no managed/other flags, lifetime 0 (not a default router). iPXE's IPv6
+# configurator ends on the first one instead of soliciting until its timer gives up.
+RADVERT = r"""
+import socket, struct, sys, time
+ifname = sys.argv[1]
+index = socket.if_nametoindex(ifname)
+with open(f"/sys/class/net/{ifname}/address") as f:
+    mac = bytes.fromhex(f.read().strip().replace(":", ""))
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 0, 0, 0) + struct.pack("!BB6s", 1, 1, mac)
+while True:
+    try:
+        s.sendto(ra, ("ff02::1", 0, 0, index))
+    except OSError:
+        pass  # the bridge's link-local address is still tentative
+    time.sleep(0.5)
+"""
+
+
+@contextlib.contextmanager
+def boot_network(work: Path, dhcpd_conf: Path, tftpboot: Path, router_adverts: bool = False
+                 ) -> Iterator[tuple[PxeNet, Syslog]]:
+    """vm_tests.pxe's network, but tftpd's syslog captured: leaving it kills the servers
+    and deletes the namespace (with bridge and taps)."""
+    syslog = Syslog(work / "syslog.sock")
+    try:
+        with Netns(workdir=work) as ns:
+            bridge = ns.add_bridge(f"{SERVER_IP}/{PREFIX}")
+            net = PxeNet(ns, bridge, work, tftpboot, dhcpd_conf)
+            tftpboot.chmod(0o755)
+            net.start_dhcpd()
+            env = {**os.environ, "SYSLOG": str(syslog.path), "NS": ns.name,
+                   "ADDRESS": f"{SERVER_IP}:69", "TFTPBOOT": str(tftpboot)}
+            ns.procs.append(Proc(["unshare", "--mount", "--propagation", "private", "sh",
+                                  "-c", TFTPD], work / "tftpd.log", env=env))
+            if router_adverts:
+                ns.popen([sys.executable, "-c", RADVERT, bridge], log=work / "radvert.log")
+            yield net, syslog
+    finally:
+        syslog.close()
+
+
+# --- one round ---------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    index: int
+    vm: Vm
+    tap: str
+    t0: float  # power-on, host monotonic
+    stamps: dict[str, float] = field(default_factory=dict)  # milestone -> seconds after t0
+    values: dict[str, float] = field(default_factory=dict)  # numbers the console printed
+
+    def joined(self) -> float | None:
+        return self.stamps.get("joined")
+
+
+def watch(nodes: list[Node], dhcpd_log: Path, timeout: float) -> list[tuple[float, str]]:
+    """Stamp each node's milestones and dhcpd's new lines until every node joined."""
+    regexes = {name: re.compile(p) for name, p in MILESTONES.items()}
+    dhcp_lines: list[tuple[float, str]] = []
+    dhcp_pos = dhcpd_log.stat().st_size
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.monotonic()
+        with open(dhcpd_log, "rb") as f:
+            f.seek(dhcp_pos)
+            chunk = f.read()
+        cut = chunk.rfind(b"\n") + 1
+        dhcp_pos += cut
+        dhcp_lines += [(now, line) for line in chunk[:cut].decode(errors="replace").splitlines()]
+        pending = 0
+        for node in nodes:
+            if "joined" in node.stamps:
+                continue
+            text = node.vm.output()
+            for name, regex in regexes.items():
+                if name not in node.stamps and (m := regex.search(text)) is not None:
+                    node.stamps[name] = now - node.t0
+                    if m.groups():
+                        node.values[name] = float(m.group(1))
+            if "joined" not in node.stamps:
+                if node.vm.proc.poll() is not None:
+                    raise SystemExit(f"node {node.index} stopped before joining:\n{text[-3000:]}")
+                pending += 1
+        if not pending:
+            return dhcp_lines
+        if now > deadline:
+            raise SystemExit(f"{pending} node(s) not joined within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def finish(node: Node) -> None:
+    """After joined: the init's own numbers, then wait for its power-off."""
+    try:
+        node.vm.wait_exit(60)
+    finally:
+        node.vm.kill()
+    text = node.vm.output()
+    if (m := re.search(rf"{UPTIME} ([0-9.]+)", text)) is not None:
+        node.values["uptime"] = float(m.group(1))
+        # The guest clock runs with the host's under TCG: kernel start on the host clock.
+        node.stamps["kernel_start"] = node.stamps["joined"] - node.values["uptime"]
+        if (k := re.search(rf"{UPTIME}-KMSG \[\s*([0-9.]+)\]", text)) is not None:
+            node.stamps["run_init"] = node.stamps["kernel_start"] + float(k.group(1))
+    node.stamps["power_on"] = 0.0
+
+
+def boot_round(net: PxeNet, n: int, disk: Path, logs: Path, tag: str,
+               timeout: float) -> tuple[list[Node], list[tuple[float, str]], float]:
+    nodes: list[Node] = []
+    load = os.getloadavg()[0]
+    try:
+        for i in range(1, n + 1):
+            tap = net.netns.add_tap(net.bridge)
+            config = VmConfig(nics=[Nic(mac(i), netdev=f"tap,ifname={tap},script=no,"
+                                    "downscript=no")], netboot=True, netns=net.ns,
+                              disks=[Disk(disk, extra=",snapshot=on")],
+                              extra=["-machine", "graphics=off"])
+            vm = Vm(config, logs / f"{tag}-node{i}.log")
+            nodes.append(Node(i, vm, tap, vm.started))
+        dhcp = watch(nodes, net.workdir / "dhcpd.log", timeout)
+        for node in nodes:
+            finish(node)
+            acks = [t - node.t0 for t, line in dhcp
+                    if f"DHCPACK on 10.77.0.{100 + node.index} to {mac(node.index)}" in line]
+            if acks:
+                node.stamps["dhcp_ack"] = acks[0]
+    finally:
+        for node in nodes:
+            node.vm.kill()
+            run(["ip", "-n", net.ns, "link", "del", node.tap], check=False, capture=True)
+    return nodes, dhcp, load
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    n: int
+    nodes: list[Node]
+    dhcp: list[tuple[float, str]]
+    tftp: list[tuple[float, str]]
+    load: float
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def round_joined(r: Round) -> list[float]:
+    return [j for node in r.nodes if (j := node.joined()) is not None]
+
+
+def joined_times(rounds: list[Round], n: int) -> list[float]:
+    return [j for r in rounds if r.n == n for node in r.nodes if (j := node.joined()) is not None]
+
+
+def phase_table(rounds: list[Round], ns: list[int]) -> list[str]:
+    head = "| phase | " + " | ".join(f"N={n}" for n in ns) + " |"
+    out = [head, "|---|" + "---|" * len(ns)]
+    for name, a, b in PHASES:
+        cells = []
+        for n in ns:
+            spans = [node.stamps[b] - node.stamps[a] for r in rounds if r.n == n
+                     for node in r.nodes if a in node.stamps and b in node.stamps]
+            cells.append(f"{med(spans):.2f}" if spans else "-")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def server_view(rounds: list[Round], n: int) -> list[str]:
+    """dhcpd and tftpd as the server saw the first round of n nodes (seconds after power-on)."""
+    r = next(r for r in rounds if r.n == n)
+    t0 = min(node.t0 for node in r.nodes)
+    out = []
+    for node in r.nodes:
+        m, ip = mac(node.index), f"10.77.0.{100 + node.index}"
+        disc = [t - t0 for t, line in r.dhcp if f"DHCPDISCOVER from {m}" in line]
+        acks = [t - t0 for t, line in r.dhcp if f"DHCPACK on {ip} to {m}" in line]
+        rrqs = [(t - t0, f) for t, line in r.tftp
+                if (x := re.search(r"RRQ from (\S+) filename (\S+)", line)) and x.group(1) == ip
+                for f in [x.group(2).rsplit("/", 1)[-1]]]
+        parts = [f"DISCOVER {disc[0]:.1f}" if disc else "no DISCOVER seen",
+                 f"ACKs {', '.join(f'{a:.1f}' for a in acks)}" if acks else "no ACK seen"]
+        parts += [f"RRQ {f} {t:.1f}" for t, f in rrqs]
+        out.append(f"- node {node.index}: " + "; ".join(parts))
+    return out
+
+
+def report(rounds: list[Round], ns: list[int], k: Kernel, initrd: Path,
+           loads: list[float], args: argparse.Namespace) -> str:
+    base = joined_times(rounds, ns[0])
+    base_med = med(base)
+    out = [f"Kernel {k.kver} ({k.vmlinuz.stat().st_size / 1e6:.1f} MB), ramdisk "
+           f"{initrd.stat().st_size / 1e6:.1f} MB (mkinitrd.ssi, default modules); "
+           f"QEMU TCG, 1 vCPU and 1 GiB per node, iPXE ROM -> ISC dhcpd -> tftpd-hpa, "
+           f"one server, {os.cpu_count()} host cores; IPv6 router advertisements on the "
+           f"boot network: {'yes' if args.router_adverts else 'no'}.",
+           f"Machine load (1-min average at each round's start): {min(loads):.1f}-"
+           f"{max(loads):.1f}, median {med(loads):.1f}. {args.repeats} round(s) per N, "
+           f"interleaved; medians and max over every node of every round.", "",
+           f"| N | nodes | joined: median | max | min | median / N={ns[0]} | max / N={ns[0]} "
+           f"| per round (median, max) |", "|---|---|---|---|---|---|---|---|"]
+    for n in ns:
+        times = joined_times(rounds, n)
+        per = "; ".join(f"{med(js):.1f}, {max(js):.1f}" for r in rounds if r.n == n
+                        if (js := round_joined(r)))
+        out.append(f"| {n} | {len(times)} | {med(times):.1f} s | {max(times):.1f} s | "
+                   f"{min(times):.1f} s | {med(times) / base_med:.2f} | "
+                   f"{max(times) / base_med:.2f} | {per} |")
+    out += ["", "Where one boot's time goes (median seconds per node, host clock; kernel "
+            "start = joined - the guest's uptime at joined):", "", *phase_table(rounds, ns)]
+    kernel_mb = k.vmlinuz.stat().st_size / 1e6
+    ramdisk_mb = initrd.stat().st_size / 1e6
+    for n in ns:
+        spans = [node.stamps["initrd_ok"] - node.stamps["kernel_ok"] for r in rounds
+                 if r.n == n for node in r.nodes if "initrd_ok" in node.stamps
+                 and "kernel_ok" in node.stamps]
+        kspans = [node.stamps["kernel_ok"] - node.stamps["dhcp_ok"] for r in rounds
+                  if r.n == n for node in r.nodes if "kernel_ok" in node.stamps
+                  and "dhcp_ok" in node.stamps]
+        if spans and kspans:
+            out.append(f"- TFTP at N={n}: ramdisk {ramdisk_mb / med(spans):.1f} MB/s, kernel "
+                       f"(with the script) {kernel_mb / med(kspans):.1f} MB/s per node, "
+                       f"{n * ramdisk_mb / med(spans):.1f} MB/s for all {n}")
+    out += ["", f"The server's view of the first N={ns[-1]} round (s after power-on):",
+            *server_view(rounds, ns[-1])]
+    return "\n".join(out)
+
+
+def admin_tree(base: Path, k: Kernel) -> tuple[Path, Path]:
+    root = base / "admin"
+    (root / "etc").mkdir(parents=True)
+    (root / "boot").mkdir()
+    (root / "etc/ssitab").write_text(table_for_bench())
+    shutil.copyfile(REPO / "examples/dhcpd.proto", root / "etc/dhcpd.proto")
+    shutil.copyfile(k.vmlinuz, root / "boot/vmlinuz")
+    # mkinitrd.ssi builds ROOT/boot/initrd-ssi.img and runs mkdhcpd.ssi on the table.
+    if mkinitrd(["--root", str(root), "--moddir", str(k.moddir)]) != 0:
+        raise SystemExit("mkinitrd.ssi failed")
+    if lilo(["--root", str(root), "--cmdline", CMDLINE, "--no-push"]) != 0:
+        raise SystemExit("lilo.ssi failed")
+    return root, root / "boot/initrd-ssi.img"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", default="1,2,4,8", help="the N values (default 1,2,4,8)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per N (default 3)")
+    parser.add_argument("--timeout", type=float, default=900, help="per round, seconds")
+    parser.add_argument("--keep", type=Path, help="copy consoles and server logs here")
+    parser.add_argument("--router-adverts", action="store_true",
+                        help="send IPv6 router advertisements on the boot network (iPXE "
+                        "then stops soliciting at once)")
+    args = parser.parse_args()
+    ns = sorted({int(x) for x in args.nodes.split(",")})
+    if os.geteuid() != 0:
+        print("bench_pxe: needs root (namespace, taps)", file=sys.stderr)
+        return 1
+    if max(ns) > MAX_NODES or min(ns) < 1:
+        parser.error(f"N must be 1..{MAX_NODES}")
+    # A plain kill must still run the cleanup (VMs, namespace, servers).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    k = kernel()
+    with tempfile.TemporaryDirectory(prefix="bench-pxe.") as tmp:
+        base = Path(tmp)
+        root, initrd = admin_tree(base, k)
+        tree = images.shared_root_tree(base / "roottree", init=BENCH_INIT)
+        disk = images.ext4_image(base / "root.img", tree, size_mb=64, label=cluster.ROOT_LABEL)
+        logs = base / "logs"
+        logs.mkdir()
+        work = base / "net"
+        work.mkdir()
+        rounds: list[Round] = []
+        with boot_network(work, root / "etc/dhcpd.conf", root / "tftpboot",
+                          args.router_adverts) as (net, syslog):
+            for rep in range(args.repeats):
+                for n in ns:
+                    seen = len(syslog.lines)
+                    nodes, dhcp, load = boot_round(net, n, disk, logs, f"n{n}-r{rep}",
+                                                   args.timeout)
+                    rounds.append(Round(n, nodes, dhcp, syslog.lines[seen:], load))
+                    js = [j for node in nodes if (j := node.joined()) is not None]
+                    print(f"round {rep + 1}/{args.repeats} N={n}: joined median "
+                          f"{med(js):.1f} s, max {max(js):.1f} s (load {load:.1f})",
+                          file=sys.stderr)
+        text = report(rounds, ns, k, initrd, [r.load for r in rounds], args)
+        print(text)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(logs, args.keep / "logs", dirs_exist_ok=True)
+            for name in ("dhcpd.log",):
+                shutil.copy2(work / name, args.keep / name)
+            (args.keep / "tftpd-syslog.log").write_text(
+                "".join(f"{t:.3f} {line}\n" for r in rounds for t, line in r.tftp))
+            (args.keep / "report.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
