@@ -1,0 +1,393 @@
+"""Power cuts during a local boot partition's sync, and what the host finds afterwards.
+
+Shared by vm_tests/test_power_cut.py (the suite's cuts) and bench/bench_powercut.py
+(`make powercut`, 200 cuts). One cut is one trial:
+
+ 1. copy node 2's stale disk (an extlinux partition LABEL=ssiboot holding an old
+    pair) and boot node 2 with `ssi.debug` against a shared root whose default pair
+    is the real kernel and a large (64 MiB) ramdisk, with its manifest;
+ 2. once the console shows that the ROOT stage is over (`stage root:`: SYNC has
+    begun), wait a random delay, then SIGKILL QEMU: no clean shutdown, no flush;
+ 3. from the host, on a copy of the image: e2fsck -fn of the partition is clean,
+    or clean after the journal alone is replayed (e2fsck -E journal_only); and
+    extlinux.conf names a complete pair whose files' sizes and xxh3_128 match what
+    it records, and that pair is the old one or the new one, never a mix. The same
+    check runs on the partition mounted with `noload` (no journal replay), which is
+    what extlinux itself reads when the machine boots from its disk;
+ 4. boot the cut image again: the node syncs (or finds it unchanged) and joins;
+    then the partition holds exactly the new pair and fscks clean.
+
+A trial is "torn" when any check of 3 or 4 fails. The random delays are the one
+place where the tests sleep on purpose; every instant and the seed are logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from linuxrc_agent.disk_sync import EXTLINUX, SSI_DIR, hash_file
+from mkinitrd_ssi.cpio import Entry, write_newc
+from mkinitrd_ssi.localsync import attach, local_only, mounted, provision, publish_manifest
+from mkinitrd_ssi.run import run
+from vm_tests import cluster, images
+from vm_tests.kernel import Kernel
+from vm_tests.qemu import Disk, Nic, Vm, VmConfig, console_args
+
+SYNC_START = r"linuxrc: .*stage root: "  # ssi.debug: the ROOT stage is done, SYNC runs
+SYNC_END = r"linuxrc: .*sync: "
+DISK_MIB = 128
+INITRD_MIB = 64
+
+
+def root_args(*extra: str) -> str:
+    return " ".join([f"root=LABEL={cluster.ROOT_LABEL}", *extra])
+
+
+@dataclass(frozen=True)
+class Pair:
+    kernel: str  # xxh3_128 of the kernel
+    initrd: str  # and of the ramdisk
+
+    @classmethod
+    def of(cls, kernel: Path, initrd: Path) -> Pair:
+        return cls(hash_file(kernel).xxh3_128, hash_file(initrd).xxh3_128)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every trial boots: the VM's kernel and real ramdisk, the shared root, the disk."""
+
+    kernel: Path
+    ramdisk: Path
+    shared_root: Path  # ext4 image; VMs open it with snapshot=on
+    stale_disk: Path  # node 2's disk with the old pair; trials copy it
+    old: Pair
+    new: Pair
+
+
+def big_initrd(ramdisk: Path, out: Path, mib: int, seed: int = 7) -> Path:
+    """The real ramdisk followed by an uncompressed cpio of pseudo-random padding.
+
+    The kernel reads concatenated archives, so this still is a valid ramdisk of
+    `mib` MiB. Random bytes rather than zeros: a block that was allocated but never
+    written reads back as zeros, and zeros would hide such a torn file from the hash.
+    """
+    base = ramdisk.read_bytes()
+    base += b"\0" * (-len(base) % 4)
+    pad = max(0, (mib << 20) - len(base) - 512)
+    data = random.Random(seed).randbytes(pad)
+    with open(out, "wb") as f:
+        f.write(base)
+        write_newc([Entry("ssi-padding.bin", 0o100644, data=data)], f)
+    return out
+
+
+def make_setup(work: Path, kernel: Path, ramdisk: Path, *,
+               initrd_mib: int = INITRD_MIB) -> Setup:
+    """Build the shared root (kernel + big ramdisk + manifest) and node 2's stale disk."""
+    work.mkdir(parents=True, exist_ok=True)
+    tree = images.shared_root_tree(work / "tree", kernel=kernel)
+    big_initrd(ramdisk, tree / "boot" / "initrd.img", initrd_mib)
+    publish_manifest(tree / "boot" / "vmlinuz", tree / "boot" / "initrd.img")
+    shared = images.ext4_image(work / "root.img", tree, size_mb=initrd_mib + 64,
+                               label=cluster.ROOT_LABEL, uuid=cluster.ROOT_UUID)
+    old = old_pair(work, kernel)
+    disk = stale_disk(work / "stale.img", *old)
+    return Setup(kernel, ramdisk, shared, disk, Pair.of(*old),
+                 Pair.of(tree / "boot" / "vmlinuz", tree / "boot" / "initrd.img"))
+
+
+def old_pair(work: Path, kernel: Path) -> tuple[Path, Path]:
+    """An older pair: another kernel (the real one with a tail) and a small ramdisk, so
+    that both members differ from the shared root's and a mixed pair would show."""
+    old_kernel, old_initrd = work / "old-vmlinuz", work / "old-initrd.img"
+    old_kernel.write_bytes(kernel.read_bytes() + b"\0an older kernel\n" * 256)
+    old_initrd.write_bytes(b"an older ramdisk\n" * 4096)
+    return old_kernel, old_initrd
+
+
+def stale_disk(disk: Path, kernel: Path, initrd: Path) -> Path:
+    """Node 2's disk: an extlinux partition LABEL=ssiboot that boots kernel + initrd."""
+    disk.unlink(missing_ok=True)
+    provision(disk, size_mib=DISK_MIB, label=cluster.BOOT_LABEL)
+    with attach(disk) as (part, _), mounted(part) as mnt:
+        result = local_only(mnt, kernel, initrd, console_args([root_args()]))
+        assert result.status.value == "updated", result
+    return disk
+
+
+def build_ramdisk(kernel: Kernel, work: Path) -> tuple[Path, Path]:
+    """The VM's kernel and the real ramdisk for the test table, as conftest's fixture builds it."""
+    from mkinitrd_ssi.mkinitrd import main
+
+    root = work / "adminroot"
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "ssitab").write_text(cluster.SSITAB)
+    out = root / "boot" / "initrd-ssi.img"
+    rc = main(["--root", str(root), "--moddir", str(kernel.moddir), "--no-dhcpd", "-o", str(out)])
+    assert rc == 0, "mkinitrd.ssi failed"
+    return kernel.vmlinuz, out
+
+
+def copy_image(src: Path, dst: Path) -> Path:
+    run(["cp", "--sparse=always", str(src), str(dst)])
+    return dst
+
+
+def node2_vm(setup: Setup, disk: Path, log: Path) -> Vm:
+    config = VmConfig(kernel=setup.kernel, initrd=setup.ramdisk,
+                      append=console_args([root_args("ssi.debug")]),
+                      disks=[Disk(setup.shared_root, extra=",snapshot=on"), Disk(disk)],
+                      nics=[Nic(cluster.MAC_N2)])
+    return Vm(config, log)
+
+
+# ---------------------------------------------------------------- the host's view
+
+
+@dataclass
+class View:
+    """The partition as one reader sees it: which pair extlinux.conf names, what else is there."""
+
+    pair: str = "-"  # old, new, or - when there is no complete pair
+    files: list[str] = field(default_factory=list)  # ssi/ entries besides the pair
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def phase(self) -> str:
+        """Where the sync was when the power went, as far as the partition tells."""
+        if self.problems:
+            return "torn"
+        tmp = any(name.startswith(".tmp-") for name in self.files)
+        if self.pair == "old":
+            return "copying" if tmp else "renamed" if self.files else "untouched"
+        return "committed" if self.files else "done"
+
+
+def read_view(mnt: Path, setup: Setup) -> View:
+    view = View()
+    config = EXTLINUX.config_path(mnt)
+    try:
+        data = config.read_bytes()
+    except OSError as e:
+        view.problems.append(f"{config.name}: {e.strerror}")
+        return view
+    pair = EXTLINUX.parse(data)
+    if pair is None:
+        view.problems.append(f"{config.name} is not a complete config of ours: {data[:200]!r}")
+        return view
+    named = set()
+    for role in ("kernel", "initrd"):
+        member = pair.member(role)
+        named.add(member.name)
+        path = mnt / member.name
+        try:
+            got = hash_file(path)
+        except OSError as e:
+            view.problems.append(f"{member.name}: {e.strerror}")
+            continue
+        if got != member.ident:
+            view.problems.append(f"{member.name}: {got.size} bytes xxh3_128 {got.xxh3_128}, the "
+                                 f"config records {member.ident.size} bytes "
+                                 f"{member.ident.xxh3_128}")
+    found = Pair(pair.kernel.ident.xxh3_128, pair.initrd.ident.xxh3_128)
+    view.pair = "old" if found == setup.old else "new" if found == setup.new else "-"
+    if view.pair == "-":
+        view.problems.append(f"the config names neither the old nor the new pair: {found}")
+    with contextlib.suppress(FileNotFoundError):
+        view.files = sorted(f"{p.name}" for p in (mnt / SSI_DIR).iterdir()
+                            if f"{SSI_DIR}/{p.name}" not in named)
+    return view
+
+
+@dataclass
+class Inspection:
+    fsck: str  # clean, journal (clean once the journal is replayed), or broken
+    linux: View  # mounted normally: the journal replayed, as the agent sees it
+    loader: View  # mounted with noload: the on-disk blocks, as extlinux sees them
+    raw_fsck: str  # e2fsck -fn before any journal replay (of what extlinux reads)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        out = [f"fsck: {n}" for n in self.notes] if self.fsck == "broken" else []
+        out += [f"replayed: {p}" for p in self.linux.problems]
+        return out
+
+
+def _e2fsck(part: Path, *args: str) -> tuple[int, str]:
+    result = run(["e2fsck", *args, str(part)], check=False, capture=True)
+    return result.returncode, (result.stdout + result.stderr).decode(errors="replace")
+
+
+def inspect(image: Path, setup: Setup, scratch: Path) -> Inspection:
+    """Check a cut disk image from the host, on a copy (the image itself stays as cut)."""
+    copy = copy_image(image, scratch)
+    try:
+        with attach(copy) as (part, _):
+            features = run(["dumpe2fs", "-h", str(part)], capture=True).stdout.decode()
+            needs_replay = "needs_recovery" in features
+            rc, out = _e2fsck(part, "-fn")  # with a journal to replay: of the blocks as they are
+            raw = "clean" if rc == 0 else f"errors (e2fsck -fn exit {rc})"
+            with mounted(part, "ro,noload") as mnt:
+                loader = read_view(mnt, setup)
+            notes: list[str] = []
+            if needs_replay:
+                _e2fsck(part, "-E", "journal_only", "-y")
+                rc, out = _e2fsck(part, "-fn")
+            fsck = "broken" if rc else "journal" if needs_replay else "clean"
+            if rc:
+                notes.append(_tail(out))
+            with mounted(part, "ro") as mnt:
+                linux = read_view(mnt, setup)
+        return Inspection(fsck, linux, loader, raw, notes)
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def _tail(text: str, lines: int = 8) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- one trial
+
+
+@dataclass
+class Cut:
+    index: int
+    delay: float  # seconds from seeing SYNC begin to the SIGKILL
+    after_sync: bool = False  # the agent had already printed its sync line
+    fsck: str = ""
+    pair: str = ""  # what extlinux.conf names, journal replayed
+    loader_pair: str = ""  # what it names without the journal (extlinux's own view)
+    loader_fsck: str = ""  # e2fsck -fn before the journal is replayed
+    phase: str = ""
+    recovery: str = ""  # SSI_SYNC of the boot after the cut
+    problems: list[str] = field(default_factory=list)
+    loader_problems: list[str] = field(default_factory=list)
+    sync_seconds: float | None = None  # the recovery boot's sync, SYNC begin to its line
+
+    @property
+    def torn(self) -> bool:
+        return bool(self.problems)
+
+    def line(self) -> str:
+        where = "after sync line" if self.after_sync else "during sync"
+        text = (f"cut {self.index:3d}: +{self.delay:6.3f} s ({where}); fsck {self.fsck}; "
+                f"pair {self.pair}, phase {self.phase}; bootloader view (no replay): pair "
+                f"{self.loader_pair}, fsck {self.loader_fsck}; "
+                f"next boot {self.recovery}")
+        if self.loader_problems:
+            text += "; bootloader view: " + "; ".join(self.loader_problems)
+        if self.problems:
+            text += "; TORN: " + "; ".join(self.problems)
+        return text
+
+
+def timed_sync(vm: Vm, timeout: float = 240.0) -> float:
+    """Seconds, on the host's clock, from SYNC's start to the agent's sync line."""
+    vm.wait_for(SYNC_START, timeout)
+    start = time.monotonic()
+    vm.wait_for(SYNC_END, timeout)
+    return time.monotonic() - start
+
+
+def calibrate(setup: Setup, work: Path) -> float:
+    """One uncut boot of a stale copy: how long the full sync takes here, now."""
+    disk = copy_image(setup.stale_disk, work / "calibrate.img")
+    try:
+        with node2_vm(setup, disk, work / "calibrate.log") as vm:
+            seconds = timed_sync(vm)
+            env = vm.node_env()
+        assert env["SSI_SYNC"] == "updated", env
+        return seconds
+    finally:
+        disk.unlink(missing_ok=True)
+
+
+def run_cut(setup: Setup, work: Path, index: int, delay: float) -> Cut:
+    cut = Cut(index, delay)
+    disk = copy_image(setup.stale_disk, work / f"cut{index}.img")
+    try:
+        with node2_vm(setup, disk, work / f"cut{index}.log") as vm:
+            vm.wait_for(SYNC_START, 240)
+            time.sleep(delay)  # the deliberate random instant
+            vm.kill()  # SIGKILL to QEMU's process group: the power cut
+            cut.after_sync = re.search(SYNC_END, vm.output()) is not None
+        found = inspect(disk, setup, work / f"cut{index}.check.img")
+        cut.fsck, cut.pair, cut.phase = found.fsck, found.linux.pair, found.linux.phase
+        cut.loader_pair, cut.loader_fsck = found.loader.pair, found.raw_fsck
+        cut.loader_problems = found.loader.problems
+        cut.problems += found.problems
+        # The next boot: it finishes (or finds finished) the sync, and joins.
+        with node2_vm(setup, disk, work / f"cut{index}.again.log") as vm:
+            with contextlib.suppress(AssertionError):
+                cut.sync_seconds = timed_sync(vm)
+            env = vm.node_env(240)
+        cut.recovery = env.get("SSI_SYNC", "?")
+        if (env.get("SSI_NODE"), cut.recovery) not in (("2", "updated"), ("2", "unchanged")):
+            cut.problems.append(f"next boot: node {env.get('SSI_NODE')}, SSI_SYNC "
+                                f"{cut.recovery}")
+        after = inspect(disk, setup, work / f"cut{index}.check.img")
+        if after.fsck != "clean" or after.linux.pair != "new" or after.linux.files \
+                or after.linux.problems:
+            cut.problems.append(f"after the next boot: fsck {after.fsck}, pair "
+                                f"{after.linux.pair}, leftovers {after.linux.files}, "
+                                f"{after.linux.problems}")
+    except Exception as e:  # a harness failure is reported as such, not as a pass
+        cut.problems.append(f"trial failed: {type(e).__name__}: {str(e)[-2000:]}")
+    finally:
+        disk.unlink(missing_ok=True)
+    return cut
+
+
+def run_cuts(setup: Setup, work: Path, count: int, seed: int, window: float, *,
+             workers: int = 2, report: Callable[[Cut], None] = print) -> list[Cut]:
+    """count trials, `workers` at a time (each trial runs its two boots in turn).
+
+    Delays are uniform in [0, window): window is the calibrated sync duration.
+    """
+    rng = random.Random(seed)
+    delays = [rng.uniform(0.0, window) for _ in range(count)]
+    results: list[Cut] = []
+    lock = threading.Lock()
+    todo = iter(enumerate(delays, 1))
+
+    def worker() -> None:
+        while True:
+            with lock:
+                item = next(todo, None)
+            if item is None:
+                return
+            cut = run_cut(setup, work, *item)
+            with lock:
+                results.append(cut)
+                report(cut)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, workers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results, key=lambda c: c.index)
+
+
+def summary(cuts: list[Cut]) -> dict[str, dict[str, int]]:
+    """Counts of each outcome, for the report."""
+    out: dict[str, dict[str, int]] = {}
+    for key in ("fsck", "pair", "phase", "loader_pair", "loader_fsck", "recovery"):
+        counts: dict[str, int] = {}
+        for cut in cuts:
+            value = getattr(cut, key) or "?"
+            counts[value] = counts.get(value, 0) + 1
+        out[key] = dict(sorted(counts.items()))
+    out["window"] = {"during sync": sum(not c.after_sync for c in cuts),
+                     "after sync line": sum(c.after_sync for c in cuts)}
+    return out
