@@ -11,7 +11,7 @@ APT_PACKAGES := python3-venv python3-dev gcc qemu-system-x86 qemu-utils ipxe-qem
 	isc-dhcp-client cpio zstd dosfstools mtools e2fsprogs xfsprogs extlinux syslinux syslinux-common \
 	pxelinux openssh-server openssh-client iproute2 fdisk kmod binutils
 
-.PHONY: help deps venv kernel lint test unit integration vm demo bench clean
+.PHONY: help deps venv kernel lint test unit integration vm demo bench powercut clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ bench: deps venv kernel ## benchmarks; figures go in the README
 	$(PY) bench/bench_fanout.py
 	$(PY) bench/bench_initrd.py
 	$(PY) bench/bench_pxe.py
+	$(PY) bench/bench_ssitab_1m.py
+
+powercut: deps venv kernel ## root: 200 power cuts mid-sync under QEMU (CUTS=N, SEED=S); "N cuts, K torn"
+	$(PY) bench/bench_powercut.py --cuts $${CUTS:-200} $${SEED:+--seed $$SEED}
 
 clean: ## remove the virtualenv and caches (kernel included)
 	rm -rf $(VENV) $(CACHE) *.egg-info
