@@ -275,6 +275,17 @@ def _parse_plain(text: str, path: str) -> Ssitab | None:
     return Ssitab(path, tuple(nodes))
 
 
+def _printable(text: str) -> str:
+    """A message as a terminal may show it: the words it quotes from a corrupt or hostile
+    table keep their control characters and undecodable bytes only as escapes (\\x1b,
+    \\xff), so an error cannot move the cursor or clear the admin's screen."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable()
+                   else f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class _Failed:
     """What a column check returns after reporting its error (None can be a valid value)."""
 
@@ -294,7 +305,7 @@ class _Parser:
         self.hostnames: dict[str, int] = {}
 
     def error(self, lineno: int, col: int, message: str) -> None:
-        self.problems.append(Problem(self.path, lineno, col, message))
+        self.problems.append(Problem(self.path, lineno, col, _printable(message)))
 
     def fast_line(self, lineno: int, text: str) -> bool:
         """Accept a plainly valid line and return True; False leaves it to line()."""
