@@ -126,9 +126,10 @@ def provision(
         capture=True)
     _write_mbr(target)
     start = START_SECTOR * SECTOR
-    if fs == "vfat" and not is_block and not _kernel_has("vfat"):
-        # Here (and on any host without the vfat module) a FAT image cannot be
-        # mounted; mtools and syslinux work on the unmounted image instead.
+    if fs == "vfat" and not is_block and (os.geteuid() != 0 or not _kernel_has("vfat")):
+        # Without root (no loop devices), or on a host without the vfat module,
+        # a FAT image cannot be mounted; mtools and syslinux work on the
+        # unmounted image instead.
         _mkfs_vfat_offset(target, label, size)
         run(["syslinux", "--install", "--offset", str(start), str(target)], capture=True)
         how = "mtools"

@@ -108,9 +108,11 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
     if (admin / "boot" / MANIFEST_NAME).is_file():
         shutil.copyfile(admin / "boot" / MANIFEST_NAME, tree / "boot" / MANIFEST_NAME)
     root_img = images.ext4_image(work / "root.img", tree, size_mb=96, label=cluster.ROOT_LABEL)
-    step("node 2's disk: an extlinux boot partition (LABEL=ssiboot), empty = stale")
+    # Without root there are no loop devices: a FAT partition made with mtools instead.
+    fs = "ext4" if os.geteuid() == 0 else "vfat"
+    step(f"node 2's disk: an extlinux boot partition ({fs}, LABEL=ssiboot), empty = stale")
     disk = work / "n2-disk.img"
-    provision(disk, size_mib=128, label=cluster.BOOT_LABEL)
+    provision(disk, size_mib=128, label=cluster.BOOT_LABEL, fs=fs)
     return admin, root_img, disk
 
 
@@ -165,6 +167,11 @@ def watch(machines: list[Machine], net: PxeNet | None, timeout: float) -> None:
                 m.vm.kill()
 
 
+def _kill(machine: Machine) -> None:
+    if machine.vm is not None:
+        machine.vm.kill()
+
+
 def table(machines: list[Machine]) -> str:
     head = ("machine", "node", "MAC", "IP", "boot path", "sync", "join s", "outcome", "console log")
     rows = [head]
@@ -209,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         start(machines[1], net, admin, [Disk(disk), shared], logs)
         start(machines[2], net, admin, [shared], logs)
         for m in machines:
-            stack.callback(lambda m=m: m.vm.kill() if m.vm else None)
+            stack.callback(_kill, m)
         watch(machines, net, args.timeout)
         step("node 2 again, from its local disk alone (no network boot)")
         again = Machine("n2-disk", cluster.MAC_N2, "local disk (extlinux)")
         start(again, net, admin, [Disk(disk), shared], logs, netboot=False)
-        stack.callback(lambda: again.vm.kill() if again.vm else None)
+        stack.callback(_kill, again)
         machines.append(again)
         watch([again], net, args.timeout)
     print()
