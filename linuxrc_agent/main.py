@@ -166,8 +166,10 @@ def wait_devices(boot: Boot) -> None:
                          "to the kernel arguments (lilo.ssi --cmdline)"], _seen(boot))
     spec = partitions.parse_spec(c.root)
     if spec is None:
-        raise BootError(f"root={c.root}: not a form this agent resolves",
-                        ["expected root=/dev/NAME, LABEL=, UUID= or PARTUUID="])
+        shown = c.root if len(c.root) <= 80 else c.root[:77] + "..."
+        raise BootError(f"root={shown}: not a form this agent resolves",
+                        ["expected root=/dev/NAME, LABEL=NAME (1-64 characters, no spaces, "
+                         "quotes or backslashes), UUID=UUID or PARTUUID=UUID"])
     console.debug(f"devices: waiting up to {c.timeout:g} s for {spec}")
     found = partitions.wait_for(spec, c.timeout, boot.scanner, _rescanner(boot))
     if found is None:
@@ -214,9 +216,10 @@ def identify(boot: Boot) -> None:
             if console.elapsed() >= deadline:
                 for line in mac_match.unknown_banner(table, nics):
                     console.say(line)
+                # No NIC at all: name the devices whose driver the ramdisk lacks.
                 raise BootError("this machine is not in the node table",
                                 ["add it with the line above, or check the NIC driver is "
-                                 "in the ramdisk"]) from None
+                                 "in the ramdisk"], [] if nics else _missing(boot)) from None
             rescan()
             time.sleep(0.2)
     node = ident.node
@@ -350,6 +353,8 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
                                              root=Path(NEWROOT), before_write=writable)
     except OSError as e:
         return "failed", f"{dev}: {e.strerror}"
+    if result.status is disk_sync.SyncStatus.FAILED:
+        return "failed", f"{dev}: {result.reason}"  # which disk failed, not just EIO
     return result.status.value, result.reason
 
 
