@@ -65,9 +65,12 @@ def main() -> int:
         args.json.write_text(json.dumps({"seed": seed, "window": window,
                                          "cuts": [vars(c) for c in cuts]}, indent=1))
     torn = sum(c.torn for c in cuts)
+    failed = sum(bool(c.error) for c in cuts)
     print(f"{elapsed / 60:.1f} min; seed {seed}")
-    print(f"{len(cuts)} cuts, {torn} torn")
-    return 1 if torn else 0
+    if failed:
+        print(f"{failed} trials could not run (see TRIAL FAILED above); they are not counted")
+    print(f"{len(cuts) - failed} cuts, {torn} torn")
+    return 1 if torn or failed else 0
 
 
 if __name__ == "__main__":

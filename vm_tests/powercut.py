@@ -273,6 +273,7 @@ class Cut:
     problems: list[str] = field(default_factory=list)
     loader_problems: list[str] = field(default_factory=list)
     sync_seconds: float | None = None  # the recovery boot's sync, SYNC begin to its line
+    error: str = ""  # the trial itself could not run (a harness or QEMU failure), not a tear
 
     @property
     def torn(self) -> bool:
@@ -288,6 +289,8 @@ class Cut:
             text += "; bootloader view: " + "; ".join(self.loader_problems)
         if self.problems:
             text += "; TORN: " + "; ".join(self.problems)
+        if self.error:
+            text += f"; TRIAL FAILED: {self.error}"
         return text
 
 
@@ -342,7 +345,7 @@ def run_cut(setup: Setup, work: Path, index: int, delay: float) -> Cut:
                                 f"{after.linux.pair}, leftovers {after.linux.files}, "
                                 f"{after.linux.problems}")
     except Exception as e:  # a harness failure is reported as such, not as a pass
-        cut.problems.append(f"trial failed: {type(e).__name__}: {str(e)[-2000:]}")
+        cut.error = f"{type(e).__name__}: {str(e)[-2000:]}"
     finally:
         disk.unlink(missing_ok=True)
     return cut

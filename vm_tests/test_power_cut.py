@@ -47,7 +47,9 @@ def test_power_cuts_during_sync_leave_old_or_new_pair_and_the_node_joins(
     (tmp_path / "powercut.json").write_text(json.dumps(
         {"seed": SEED, "window": window, "cuts": [vars(c) for c in cuts]}, indent=1))
     torn = [c.line() for c in cuts if c.torn]
+    failed = [c.line() for c in cuts if c.error]
     assert len(cuts) == CUTS
+    assert not failed, f"seed {SEED}: {len(failed)} trials did not run:\n" + "\n".join(failed)
     assert not torn, f"seed {SEED}: {len(torn)} of {CUTS} cuts torn:\n" + "\n".join(torn)
     # Most instants must fall inside the sync, or the test proves little.
     assert counts["window"]["during sync"] >= CUTS // 3, (SEED, counts)
