@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -40,25 +41,25 @@ def main() -> int:
     parser.add_argument("--initrd-mib", type=int, default=powercut.INITRD_MIB,
                         help="size of the shared root's ramdisk (default: %(default)s)")
     parser.add_argument("--work", type=Path, default=None,
-                        help="work directory, kept (default: a temporary one, removed)")
+                        help="work directory, kept (default: a temporary one, removed unless a "
+                        "cut tore or a trial failed)")
     parser.add_argument("--json", type=Path, default=None, help="write every cut here as JSON")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root: loop devices to check the disk images", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else int(time.time())
-    with tempfile.TemporaryDirectory(prefix="ssi-powercut-") as tmp:
-        work = args.work or Path(tmp)
-        started = time.monotonic()
-        setup = powercut.make_setup(work, *powercut.build_ramdisk(cached_kernel(), work),
-                                    initrd_mib=args.initrd_mib)
-        window = powercut.calibrate(setup, work)
-        print(f"seed {seed}; full sync of kernel + {args.initrd_mib} MiB ramdisk: {window:.2f} s "
-              f"(host clock, SYNC start to its console line); delays uniform in "
-              f"[0, {window:.2f}) s; {args.workers} trials at once", flush=True)
-        cuts = powercut.run_cuts(setup, work, args.cuts, seed, window, workers=args.workers,
-                                 report=lambda c: print(c.line(), flush=True))
-        elapsed = time.monotonic() - started
+    work = args.work or Path(tempfile.mkdtemp(prefix="ssi-powercut-"))
+    started = time.monotonic()
+    setup = powercut.make_setup(work, *powercut.build_ramdisk(cached_kernel(), work),
+                                initrd_mib=args.initrd_mib)
+    window = powercut.calibrate(setup, work)
+    print(f"seed {seed}; full sync of kernel + {args.initrd_mib} MiB ramdisk: {window:.2f} s "
+          f"(host clock, SYNC start to its console line); delays uniform in "
+          f"[0, {powercut.STRETCH * window:.2f}) s; {args.workers} trials at once", flush=True)
+    cuts = powercut.run_cuts(setup, work, args.cuts, seed, window, workers=args.workers,
+                             report=lambda c: print(c.line(), flush=True))
+    elapsed = time.monotonic() - started
     for key, counts in powercut.summary(cuts).items():
         print(f"{key:12s} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     if args.json:
@@ -67,6 +68,10 @@ def main() -> int:
     torn = sum(c.torn for c in cuts)
     failed = sum(bool(c.error) for c in cuts)
     print(f"{elapsed / 60:.1f} min; seed {seed}")
+    if torn or failed:
+        print(f"console logs and the torn images are in {work}")
+    elif args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
     if failed:
         print(f"{failed} trials could not run (see TRIAL FAILED above); they are not counted")
     print(f"{len(cuts) - failed} cuts, {torn} torn")
