@@ -193,6 +193,10 @@ def matches(p: Probed, spec: BootDev) -> bool:
     if p.fs is None:
         return False
     if spec.kind is BootDevKind.LABEL:
+        if p.fs.fstype == "vfat":
+            # FAT stores labels in upper case (mkfs.fat, mtools, Windows): an
+            # admin's LABEL=ssiboot means the volume that shows as SSIBOOT.
+            return p.fs.label.upper() == spec.value.upper()
         return p.fs.label == spec.value
     return p.fs.uuid.lower() == spec.value.lower() != ""
 

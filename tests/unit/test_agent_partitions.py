@@ -127,13 +127,14 @@ def test_resolve(gpt_system: FakeSystem, sysfs: bool) -> None:
         return found.dev.name if found else None
 
     assert name("LABEL=ssiroot") == "vda2"
-    assert name("LABEL=SSIROOT") is None  # labels are case-sensitive, as blkid's
+    assert name("LABEL=SSIROOT") is None  # ext4 labels are case-sensitive, as blkid's
     assert name(f"UUID={UUID}") == "vda2"
     assert name(f"UUID={UUID.upper()}") == "vda2"
     assert name(f"PARTUUID={partuuid}") == "vda2"
     assert name(f"PARTUUID={partuuid.upper()}") == "vda2"
     assert name("UUID=a1b2-c3d4") == "vdb"
     assert name("LABEL=SSIBOOT") == "vdb"
+    assert name("LABEL=ssiboot") == "vdb"  # FAT stores labels upper-cased
     assert name("/dev/vda1") == "vda1"
     assert name("/dev/vdz") is None
     assert name("LABEL=nosuch") is None
