@@ -28,7 +28,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,12 +142,38 @@ def copy_image(src: Path, dst: Path) -> Path:
     return dst
 
 
-def node2_vm(setup: Setup, disk: Path, log: Path) -> Vm:
+# Every VM of the trials, so that an interrupted run (Ctrl-C in the main thread while
+# the workers boot) still kills them: QEMU runs in its own session and would outlive us.
+_LIVE: set[Vm] = set()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set by kill_all: no VM starts after it
+
+
+@contextlib.contextmanager
+def node2_vm(setup: Setup, disk: Path, log: Path) -> Iterator[Vm]:
     config = VmConfig(kernel=setup.kernel, initrd=setup.ramdisk,
                       append=console_args([root_args("ssi.debug")]),
                       disks=[Disk(setup.shared_root, extra=",snapshot=on"), Disk(disk)],
                       nics=[Nic(cluster.MAC_N2)])
-    return Vm(config, log)
+    with _LIVE_LOCK:
+        if _STOPPING.is_set():
+            raise RuntimeError("the run is being stopped")
+        vm = Vm(config, log)
+        _LIVE.add(vm)
+    try:
+        yield vm
+    finally:
+        vm.kill()
+        with _LIVE_LOCK:
+            _LIVE.discard(vm)
+
+
+def kill_all() -> None:
+    with _LIVE_LOCK:
+        _STOPPING.set()
+        live = list(_LIVE)
+    for vm in live:
+        vm.kill()
 
 
 # ---------------------------------------------------------------- the host's view
@@ -305,6 +331,7 @@ def timed_sync(vm: Vm, timeout: float = 240.0) -> float:
 
 def calibrate(setup: Setup, work: Path) -> float:
     """One uncut boot of a stale copy: how long the full sync takes here, now."""
+    _STOPPING.clear()
     disk = copy_image(setup.stale_disk, work / "calibrate.img")
     try:
         with node2_vm(setup, disk, work / "calibrate.log") as vm:
@@ -365,11 +392,13 @@ def run_cuts(setup: Setup, work: Path, count: int, seed: int, window: float, *,
     results: list[Cut] = []
     lock = threading.Lock()
     todo = iter(enumerate(delays, 1))
+    stop = threading.Event()
+    _STOPPING.clear()
 
     def worker() -> None:
         while True:
             with lock:
-                item = next(todo, None)
+                item = None if stop.is_set() else next(todo, None)
             if item is None:
                 return
             cut = run_cut(setup, work, *item)
@@ -380,8 +409,13 @@ def run_cuts(setup: Setup, work: Path, count: int, seed: int, window: float, *,
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, workers))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:
+        stop.set()  # no new trials
+        kill_all()
+        raise
     return sorted(results, key=lambda c: c.index)
 
 

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from linuxrc_agent.disk_sync import EXTLINUX, FileId, LocalPair, PairMember, member_name
+from mkinitrd_ssi.localsync import attach, mounted
+from mkinitrd_ssi.run import run
 from vm_tests import powercut
 from vm_tests.kernel import Kernel
 
@@ -54,3 +57,52 @@ def test_power_cuts_during_sync_leave_old_or_new_pair_and_the_node_joins(
     assert not torn, f"seed {SEED}: {len(torn)} of {CUTS} cuts torn:\n" + "\n".join(torn)
     # Most instants must fall inside the sync, or the test proves little.
     assert counts["window"]["during sync"] >= CUTS // 3, (SEED, counts)
+
+
+# --- the checks themselves: a torn partition must be caught ---------------------------------
+
+
+def _tear(mnt: Path, how: str, setup: powercut.Setup) -> None:
+    config = EXTLINUX.config_path(mnt)
+    pair = EXTLINUX.parse(config.read_bytes())
+    assert pair is not None
+    if how == "truncated-initrd":
+        with open(mnt / pair.initrd.name, "r+b") as f:
+            f.truncate(pair.initrd.ident.size // 2)
+    elif how == "flipped-kernel-bytes":
+        with open(mnt / pair.kernel.name, "r+b") as f:
+            f.seek(pair.kernel.ident.size // 2)
+            f.write(b"\xff" * 4096)
+    elif how == "new-kernel-old-initrd":
+        new = setup.kernel.read_bytes()
+        member = PairMember(member_name("kernel", setup.new.kernel),
+                            FileId(len(new), setup.new.kernel))
+        (mnt / member.name).write_bytes(new)
+        config.write_bytes(EXTLINUX.render(LocalPair(member, pair.initrd, pair.append)))
+    elif how == "half-written-config":
+        data = config.read_bytes()
+        config.write_bytes(data[:len(data) // 2])
+    elif how == "missing-kernel":
+        (mnt / pair.kernel.name).unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated-initrd", "flipped-kernel-bytes",
+                                 "new-kernel-old-initrd", "half-written-config",
+                                 "missing-kernel"])
+def test_the_checks_catch_a_torn_pair(setup: powercut.Setup, tmp_path: Path, how: str) -> None:
+    disk = powercut.copy_image(setup.stale_disk, tmp_path / "torn.img")
+    found = powercut.inspect(disk, setup, tmp_path / "check.img")
+    assert (found.fsck, found.linux.pair, found.linux.problems) == ("clean", "old", [])
+    with attach(disk) as (part, _), mounted(part) as mnt:
+        _tear(mnt, how, setup)
+    found = powercut.inspect(disk, setup, tmp_path / "check.img")
+    assert found.problems and found.linux.phase == "torn", found
+
+
+def test_the_checks_catch_a_broken_filesystem(setup: powercut.Setup, tmp_path: Path) -> None:
+    disk = powercut.copy_image(setup.stale_disk, tmp_path / "broken.img")
+    with attach(disk) as (part, _):
+        # The config's inode cleared under its directory entry: fsck must object.
+        run(["debugfs", "-w", "-R", "clri /extlinux.conf", str(part)], capture=True)
+    found = powercut.inspect(disk, setup, tmp_path / "check.img")
+    assert found.fsck == "broken" and found.problems, found
