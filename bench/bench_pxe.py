@@ -355,7 +355,8 @@ def report(rounds: list[Round], ns: list[int], k: Kernel, initrd: Path,
            f"{initrd.stat().st_size / 1e6:.1f} MB (mkinitrd.ssi, default modules); "
            f"QEMU TCG, 1 vCPU and 1 GiB per node, iPXE ROM -> ISC dhcpd -> tftpd-hpa, "
            f"one server, {os.cpu_count()} host cores; IPv6 router advertisements on the "
-           f"boot network: {'yes' if args.router_adverts else 'no'}.",
+           f"boot network: {'yes' if args.router_adverts else 'no'}; ipxe.no-pxedhcp "
+           f"from dhcpd: {'yes' if args.no_proxy_wait else 'no'}.",
            f"Machine load (1-min average at each round's start): {min(loads):.1f}-"
            f"{max(loads):.1f}, median {med(loads):.1f}. {args.repeats} round(s) per N, "
            f"interleaved; medians and max over every node of every round.", "",
@@ -388,12 +389,25 @@ def report(rounds: list[Round], ns: list[int], k: Kernel, initrd: Path,
     return "\n".join(out)
 
 
-def admin_tree(base: Path, k: Kernel) -> tuple[Path, Path]:
+# iPXE waits DHCP_DISC_PROXY_TIMEOUT_SEC (2 s, ~3 s with its retransmit timer) for
+# ProxyDHCP offers after a valid DHCPOFFER, unless the offer carries its encapsulated
+# option 175.176 (no-pxedhcp), which ISC dhcpd sends to iPXE when iPXE asks for 175.
+NO_PXEDHCP = """
+# bench_pxe --no-proxy-wait: tell iPXE not to wait for ProxyDHCP offers.
+option space ipxe;
+option ipxe-encap-opts code 175 = encapsulate ipxe;
+option ipxe.no-pxedhcp code 176 = unsigned integer 8;
+option ipxe.no-pxedhcp 1;
+"""
+
+
+def admin_tree(base: Path, k: Kernel, no_proxy_wait: bool = False) -> tuple[Path, Path]:
     root = base / "admin"
     (root / "etc").mkdir(parents=True)
     (root / "boot").mkdir()
     (root / "etc/ssitab").write_text(table_for_bench())
-    shutil.copyfile(REPO / "examples/dhcpd.proto", root / "etc/dhcpd.proto")
+    proto = (REPO / "examples/dhcpd.proto").read_text()
+    (root / "etc/dhcpd.proto").write_text(proto + (NO_PXEDHCP if no_proxy_wait else ""))
     shutil.copyfile(k.vmlinuz, root / "boot/vmlinuz")
     # mkinitrd.ssi builds ROOT/boot/initrd-ssi.img and runs mkdhcpd.ssi on the table.
     if mkinitrd(["--root", str(root), "--moddir", str(k.moddir)]) != 0:
@@ -412,6 +426,9 @@ def main() -> int:
     parser.add_argument("--router-adverts", action="store_true",
                         help="send IPv6 router advertisements on the boot network (iPXE "
                         "then stops soliciting at once)")
+    parser.add_argument("--no-proxy-wait", action="store_true",
+                        help="dhcpd tells iPXE not to wait for ProxyDHCP offers "
+                        "(option ipxe.no-pxedhcp)")
     args = parser.parse_args()
     ns = sorted({int(x) for x in args.nodes.split(",")})
     if os.geteuid() != 0:
@@ -424,7 +441,7 @@ def main() -> int:
     k = kernel()
     with tempfile.TemporaryDirectory(prefix="bench-pxe.") as tmp:
         base = Path(tmp)
-        root, initrd = admin_tree(base, k)
+        root, initrd = admin_tree(base, k, args.no_proxy_wait)
         tree = images.shared_root_tree(base / "roottree", init=BENCH_INIT)
         disk = images.ext4_image(base / "root.img", tree, size_mb=64, label=cluster.ROOT_LABEL)
         logs = base / "logs"
