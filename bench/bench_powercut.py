@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -49,14 +50,17 @@ def main() -> int:
         print("needs root: loop devices to check the disk images", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else int(time.time())
+    # `kill` as well as Ctrl-C: run_cuts then kills its VMs (QEMU has its own session).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = args.work or Path(tempfile.mkdtemp(prefix="ssi-powercut-"))
     started = time.monotonic()
     setup = powercut.make_setup(work, *powercut.build_ramdisk(cached_kernel(), work),
                                 initrd_mib=args.initrd_mib)
     window = powercut.calibrate(setup, work)
     print(f"seed {seed}; full sync of kernel + {args.initrd_mib} MiB ramdisk: {window:.2f} s "
-          f"(host clock, SYNC start to its console line); delays uniform in "
-          f"[0, {powercut.STRETCH * window:.2f}) s; {args.workers} trials at once", flush=True)
+          f"(host clock, SYNC start to its console line); each cut at a fraction in "
+          f"[0, {powercut.STRETCH}) of the current sync time; {args.workers} trials at once",
+          flush=True)
     cuts = powercut.run_cuts(setup, work, args.cuts, seed, window, workers=args.workers,
                              report=lambda c: print(c.line(), flush=True))
     elapsed = time.monotonic() - started

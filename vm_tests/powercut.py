@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import random
 import re
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +45,7 @@ SYNC_START = r"linuxrc: .*stage root: "  # ssi.debug: the ROOT stage is done, SY
 SYNC_END = r"linuxrc: .*sync: "
 DISK_MIB = 128
 INITRD_MIB = 64
-STRETCH = 1.25  # delays reach a little past the calibrated sync, see run_cuts
+STRETCH = 1.25  # delays reach a little past the estimated sync, see run_cuts
 
 
 def root_args(*extra: str) -> str:
@@ -290,6 +291,8 @@ def _tail(text: str, lines: int = 8) -> str:
 class Cut:
     index: int
     delay: float  # seconds from seeing SYNC begin to the SIGKILL
+    fraction: float = 0.0  # the seeded draw: delay = fraction * window
+    window: float = 0.0  # the sync duration estimated when the trial began
     after_sync: bool = False  # the agent had already printed its sync line
     fsck: str = ""
     pair: str = ""  # what extlinux.conf names, journal replayed
@@ -308,7 +311,8 @@ class Cut:
 
     def line(self) -> str:
         where = "after sync line" if self.after_sync else "during sync"
-        text = (f"cut {self.index:3d}: +{self.delay:6.3f} s ({where}); fsck {self.fsck}; "
+        text = (f"cut {self.index:3d}: +{self.delay:6.3f} s = {self.fraction:.2f} x "
+                f"{self.window:.2f} s ({where}); fsck {self.fsck}; "
                 f"pair {self.pair}, phase {self.phase}; bootloader view (no replay): pair "
                 f"{self.loader_pair}, fsck {self.loader_fsck}; "
                 f"next boot {self.recovery}")
@@ -343,8 +347,33 @@ def calibrate(setup: Setup, work: Path) -> float:
         disk.unlink(missing_ok=True)
 
 
-def run_cut(setup: Setup, work: Path, index: int, delay: float) -> Cut:
-    cut = Cut(index, delay)
+class Window:
+    """The current duration of a full sync: the median of the last few measured.
+
+    The machine's load changes during a long run (two trials at once, other users):
+    a window calibrated once would put every cut at the start of slower syncs.
+    The boots after cuts early in a sync copy (nearly) the whole pair again; their
+    syncs, timed like the calibration, keep the estimate current.
+    """
+
+    def __init__(self, calibrated: float, keep: int = 5) -> None:
+        self.samples = [calibrated]
+        self.keep = keep
+        self.lock = threading.Lock()
+
+    def current(self) -> float:
+        with self.lock:
+            return statistics.median(self.samples)
+
+    def add(self, seconds: float) -> None:
+        with self.lock:
+            self.samples = [*self.samples, seconds][-self.keep:]
+
+
+def run_cut(setup: Setup, work: Path, index: int, fraction: float, window: Window) -> Cut:
+    span = window.current()
+    delay = fraction * span
+    cut = Cut(index, delay, fraction, span)
     disk = copy_image(setup.stale_disk, work / f"cut{index}.img")
     try:
         with node2_vm(setup, disk, work / f"cut{index}.log") as vm:
@@ -363,6 +392,9 @@ def run_cut(setup: Setup, work: Path, index: int, delay: float) -> Cut:
                 cut.sync_seconds = timed_sync(vm)
             env = vm.node_env(240)
         cut.recovery = env.get("SSI_SYNC", "?")
+        if cut.recovery == "updated" and cut.phase in ("untouched", "copying", "renamed") \
+                and cut.sync_seconds is not None:
+            window.add(cut.sync_seconds)
         if (env.get("SSI_NODE"), cut.recovery) not in (("2", "updated"), ("2", "unchanged")):
             cut.problems.append(f"next boot: node {env.get('SSI_NODE')}, SSI_SYNC "
                                 f"{cut.recovery}")
@@ -383,15 +415,16 @@ def run_cuts(setup: Setup, work: Path, count: int, seed: int, window: float, *,
              workers: int = 2, report: Callable[[Cut], None] = print) -> list[Cut]:
     """count trials, `workers` at a time (each trial runs its two boots in turn).
 
-    Delays are uniform in [0, STRETCH * window): window is the calibrated duration of a
-    sync with one VM running; with two the syncs run slower, and the stretch makes
+    Each delay is a seeded fraction, uniform in [0, STRETCH), of the current sync
+    duration (see Window; `window` is the calibrated one). The stretch past 1 makes
     sure the end of the sync (commit, removal of the old pair, unmount) is hit too.
     """
     rng = random.Random(seed)
-    delays = [rng.uniform(0.0, STRETCH * window) for _ in range(count)]
+    fractions = [rng.uniform(0.0, STRETCH) for _ in range(count)]
+    estimate = Window(window)
     results: list[Cut] = []
     lock = threading.Lock()
-    todo = iter(enumerate(delays, 1))
+    todo = iter(enumerate(fractions, 1))
     stop = threading.Event()
     _STOPPING.clear()
 
@@ -401,7 +434,7 @@ def run_cuts(setup: Setup, work: Path, count: int, seed: int, window: float, *,
                 item = None if stop.is_set() else next(todo, None)
             if item is None:
                 return
-            cut = run_cut(setup, work, *item)
+            cut = run_cut(setup, work, *item, estimate)
             with lock:
                 results.append(cut)
                 report(cut)
@@ -415,6 +448,8 @@ def run_cuts(setup: Setup, work: Path, count: int, seed: int, window: float, *,
     except BaseException:
         stop.set()  # no new trials
         kill_all()
+        for t in threads:  # their trials fail fast now; let them detach their loop devices
+            t.join(timeout=60)
         raise
     return sorted(results, key=lambda c: c.index)
 

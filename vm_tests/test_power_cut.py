@@ -42,8 +42,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory, kernel: Kernel,
 def test_power_cuts_during_sync_leave_old_or_new_pair_and_the_node_joins(
         setup: powercut.Setup, tmp_path: Path) -> None:
     window = powercut.calibrate(setup, tmp_path)
-    print(f"\nseed {SEED}; full sync {window:.2f} s; delays uniform in "
-          f"[0, {powercut.STRETCH * window:.2f}) s")
+    print(f"\nseed {SEED}; full sync {window:.2f} s; each cut at a fraction in "
+          f"[0, {powercut.STRETCH}) of the current sync time")
     cuts = powercut.run_cuts(setup, tmp_path, CUTS, SEED, window,
                              report=lambda c: print(c.line(), flush=True))
     counts = powercut.summary(cuts)
