@@ -34,6 +34,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -539,6 +540,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_initrd: needs root (the anchors' chroot)", file=sys.stderr)
         return 1
+    # A plain kill must still run the cleanup (VMs killed; the chroot's mounts live in
+    # private mount namespaces and go with their processes anyway).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     k = kernel()
     versions = anchors.ensure_chroot()
     loads = [os.getloadavg()[0]]
