@@ -49,7 +49,7 @@ from mkinitrd_ssi.run import run  # noqa: E402
 from vm_tests import cluster, images  # noqa: E402
 from vm_tests.kernel import Kernel, kernel  # noqa: E402
 from vm_tests.netns import Netns, Proc  # noqa: E402
-from vm_tests.pxe import PREFIX, SERVER_IP, PxeNet  # noqa: E402
+from vm_tests.pxe import PREFIX, RADVERT, SERVER_IP, PxeNet  # noqa: E402
 from vm_tests.qemu import ENV_BEGIN, ENV_END, INIT_MARKER, Disk, Nic, Vm, VmConfig  # noqa: E402
 
 MAX_NODES = 8
@@ -149,28 +149,6 @@ mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5; mknod -m 666 /dev/ur
 ln -s "$SYSLOG" /dev/log
 exec ip netns exec "$NS" in.tftpd --foreground --verbose --user root \
     --address "$ADDRESS" --secure "$TFTPBOOT"
-"""
-
-
-# Unsolicited IPv6 router advertisements on the boot network, twice a second: no
-# prefix, no managed/other flags, lifetime 0 (not a default router). iPXE's IPv6
-# configurator ends on the first one instead of soliciting until its timer gives up.
-RADVERT = r"""
-import socket, struct, sys, time
-ifname = sys.argv[1]
-index = socket.if_nametoindex(ifname)
-with open(f"/sys/class/net/{ifname}/address") as f:
-    mac = bytes.fromhex(f.read().strip().replace(":", ""))
-s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
-ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 0, 0, 0) + struct.pack("!BB6s", 1, 1, mac)
-while True:
-    try:
-        s.sendto(ra, ("ff02::1", 0, 0, index))
-    except OSError:
-        pass  # the bridge's link-local address is still tentative
-    time.sleep(0.5)
 """
 
 
@@ -389,25 +367,16 @@ def report(rounds: list[Round], ns: list[int], k: Kernel, initrd: Path,
     return "\n".join(out)
 
 
-# iPXE waits DHCP_DISC_PROXY_TIMEOUT_SEC (2 s, ~3 s with its retransmit timer) for
-# ProxyDHCP offers after a valid DHCPOFFER, unless the offer carries its encapsulated
-# option 175.176 (no-pxedhcp), which ISC dhcpd sends to iPXE when iPXE asks for 175.
-NO_PXEDHCP = """
-# bench_pxe --no-proxy-wait: tell iPXE not to wait for ProxyDHCP offers.
-option space ipxe;
-option ipxe-encap-opts code 175 = encapsulate ipxe;
-option ipxe.no-pxedhcp code 176 = unsigned integer 8;
-option ipxe.no-pxedhcp 1;
-"""
-
-
 def admin_tree(base: Path, k: Kernel, no_proxy_wait: bool = False) -> tuple[Path, Path]:
     root = base / "admin"
     (root / "etc").mkdir(parents=True)
     (root / "boot").mkdir()
     (root / "etc/ssitab").write_text(table_for_bench())
     proto = (REPO / "examples/dhcpd.proto").read_text()
-    (root / "etc/dhcpd.proto").write_text(proto + (NO_PXEDHCP if no_proxy_wait else ""))
+    if not no_proxy_wait:  # the example proto has it: take it out to measure without
+        proto = "".join(line for line in proto.splitlines(keepends=True)
+                        if "ipxe" not in line.lower())
+    (root / "etc/dhcpd.proto").write_text(proto)
     shutil.copyfile(k.vmlinuz, root / "boot/vmlinuz")
     # mkinitrd.ssi builds ROOT/boot/initrd-ssi.img and runs mkdhcpd.ssi on the table.
     if mkinitrd(["--root", str(root), "--moddir", str(k.moddir)]) != 0:

@@ -1,13 +1,17 @@
 """A private boot network: a namespace with a bridge, real ISC dhcpd and tftpd-hpa on it,
 and QEMU nodes on tap devices (QEMU's iPXE ROM does the PXE part).
 
-Built on vm_tests.netns: leaving the context kills the servers and deletes
-the namespace with its bridge and taps, even when a test fails.
+iPXE solicits an IPv6 router for ~13 s after DHCP unless one advertises
+itself, so the network sends router advertisements (no prefix, not a default
+router), as most real networks do. Built on vm_tests.netns: leaving the
+context kills the servers and deletes the namespace with its bridge and taps,
+even when a test fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +59,31 @@ class PxeNet:
         self.start_dhcpd()
 
 
+# Unsolicited IPv6 router advertisements on the boot network, twice a second: no
+# prefix, no managed/other flags, lifetime 0 (not a default router). iPXE's IPv6
+# configurator ends on the first one instead of soliciting until its timer gives up.
+RADVERT = r"""
+import socket, struct, sys, time
+ifname = sys.argv[1]
+index = socket.if_nametoindex(ifname)
+with open(f"/sys/class/net/{ifname}/address") as f:
+    mac = bytes.fromhex(f.read().strip().replace(":", ""))
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 0, 0, 0) + struct.pack("!BB6s", 1, 1, mac)
+while True:
+    try:
+        s.sendto(ra, ("ff02::1", 0, 0, index))
+    except OSError:
+        pass  # the bridge's link-local address is still tentative
+    time.sleep(0.5)
+"""
+
+
 @contextlib.contextmanager
-def pxe_network(workdir: Path, dhcpd_conf: Path, tftpboot: Path) -> Iterator[PxeNet]:
+def pxe_network(workdir: Path, dhcpd_conf: Path, tftpboot: Path,
+                router_adverts: bool = True) -> Iterator[PxeNet]:
     with Netns(workdir=workdir) as ns:
         bridge = ns.add_bridge(f"{SERVER_IP}/{PREFIX}")
         net = PxeNet(ns, bridge, workdir, tftpboot, dhcpd_conf)
@@ -64,4 +91,6 @@ def pxe_network(workdir: Path, dhcpd_conf: Path, tftpboot: Path) -> Iterator[Pxe
         net.start_dhcpd()
         ns.popen(["in.tftpd", "--foreground", "--verbose", "--user", "root", "--address",
                   f"{SERVER_IP}:69", "--secure", str(tftpboot)], log=workdir / "tftpd.log")
+        if router_adverts:
+            ns.popen([sys.executable, "-c", RADVERT, bridge], log=workdir / "radvert.log")
         yield net
