@@ -59,7 +59,6 @@ demo: deps venv kernel ## build the ramdisk and boot a small demo cluster under 
 
 bench: deps venv kernel ## benchmarks; figures go in the README
 	$(PY) bench/bench_mkdhcpd.py
-	$(PY) bench/bench_mkinitrd.py
 	$(PY) bench/bench_disk_sync.py
 	$(PY) bench/bench_fanout.py
 	$(PY) bench/bench_initrd.py
