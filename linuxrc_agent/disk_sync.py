@@ -56,6 +56,8 @@ from typing import NamedTuple, Protocol
 
 import xxhash
 
+from linuxrc_agent import cmdline
+
 SSI_DIR = "ssi"
 MANIFEST_NAME = "ssi-manifest.json"
 MANIFEST_FORMAT = 1
@@ -67,7 +69,7 @@ CHUNK = 1 << 20
 MAX_APPEND = 2047
 # Words a boot path adds by itself: persisting them would make the local
 # config differ between a netboot and a local boot, and rewrite it each time.
-TRANSPORT_WORDS = ("BOOT_IMAGE=", "initrd=", "BOOTIF=", "ssi.bootif=", "ssi.break")
+TRANSPORT_KEYS = frozenset({"BOOT_IMAGE", "initrd", "BOOTIF", "ssi.bootif", "ssi.break"})
 
 
 class SyncStatus(enum.Enum):
@@ -203,9 +205,9 @@ EXTLINUX = Extlinux()
 def _serial_directive(append: str) -> str:
     """SERIAL for the last console=ttySn[,baud], so the loader talks where the kernel will."""
     serial = ""
-    for word in append.split():
-        if word.startswith("console="):
-            dev, _, opts = word[len("console="):].partition(",")
+    for _raw, key, value in cmdline.tokenize(append).kernel:
+        if key == "console" and value is not None:
+            dev, _, opts = value.partition(",")
             if dev.startswith("ttyS") and dev[4:].isdigit():
                 baud = "".join(c for c in opts.partition("n")[0] if c.isdigit()) or "9600"
                 serial = f"SERIAL {dev[4:]} {baud}"
@@ -218,36 +220,21 @@ def _is_digest(s: str) -> bool:
     return len(s) == 32 and all(c in "0123456789abcdef" for c in s)
 
 
-def local_append(cmdline: str) -> str:
+def local_append(text: str) -> str:
     """The kernel arguments for the local entry, from the agent's /proc/cmdline.
 
     Drops the words a loader adds (BOOT_IMAGE=, initrd=, BOOTIF=, ssi.bootif=)
-    and one-off ssi.break, so that booting from the network or from the disk
+    and one-off ssi.break, by key as the kernel reads them (a quoted
+    "ssi.break=root" too), so that booting from the network or from the disk
     yields the same config and neither rewrites it.
     """
-    keep = [w for w in _split_cmdline(cmdline)
-            if not any(w == t or w.startswith(t if t.endswith("=") else t + "=")
-                       for t in TRANSPORT_WORDS)]
-    return " ".join(keep)
-
-
-def _split_cmdline(cmdline: str) -> list[str]:
-    # The kernel's own rule: whitespace separates words except inside double quotes.
-    words, word, quoted, started = [], [], False, False
-    for c in cmdline:
-        if c == '"':
-            quoted, started = not quoted, True
-            word.append(c)
-        elif c.isspace() and not quoted:
-            if started:
-                words.append("".join(word))
-            word, started = [], False
-        else:
-            word.append(c)
-            started = True
-    if started:
-        words.append("".join(word))
-    return words
+    args = cmdline.without(text, TRANSPORT_KEYS)
+    # PXELINUX's IPAPPEND puts BOOTIF= last, after init's `--` if there is one.
+    init = None if args.init is None else tuple(w for w in args.init if w.key != "BOOTIF")
+    # A line break inside quotes would end extlinux.conf's APPEND line early.
+    fits = [w for w in cmdline.words_of(cmdline.Args(args.kernel, init))
+            if all(c.isprintable() or c == " " for c in w.raw)]
+    return cmdline.join(fits, lenient=True)
 
 
 # ---------------------------------------------------------------- manifest

@@ -8,13 +8,13 @@ runs on every node at each push, stays light.
 from __future__ import annotations
 
 import argparse
-import shlex
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from linuxrc_agent import cmdline
 from mkinitrd_ssi import cli, netboot
 from mkinitrd_ssi.atomic import replace_if_changed, staged_file
 from mkinitrd_ssi.errors import SsiError
@@ -101,17 +101,12 @@ def _push_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def _checked_cmdline(text: str) -> str:
-    try:
-        words = shlex.split(text)
-    except ValueError as e:
-        raise SsiError(f"--cmdline: {e}") from None
-    if not any(w.startswith("root=") for w in words):
+    """--cmdline as the kernel will read it, in the spelling every config keeps."""
+    args = netboot.check_cmdline(text)
+    if not any(w.key == "root" and w.value for w in args.kernel):
         raise SsiError("--cmdline has no root=", hint="name the shared root, e.g. "
                        "--cmdline 'root=LABEL=ssiroot console=ttyS0'")
-    joined = " ".join(words)
-    if any(c in joined for c in "\n\r"):
-        raise SsiError("--cmdline must be one line")
-    return joined
+    return cmdline.join(args)
 
 
 def cluster_cmdline(args: argparse.Namespace, root: cli.Root, *, keep: bool) -> str:
