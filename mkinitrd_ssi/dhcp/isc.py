@@ -35,11 +35,42 @@ def check(path: str) -> list[str]:
     return ["dhcpd", "-t", "-4", "-cf", path]
 
 
-_DENY = re.compile(r"^\s*deny\s+unknown-clients\s*;", re.MULTILINE)
+# dhcpd's lexer (common/conflex.c): `#` comments to the end of the line, quoted
+# strings with backslash escapes, and these characters as tokens of their own.
+_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"?|[{};,]|[^\s{};,"#]+', re.DOTALL)
+
+
+def tokens(text: str) -> list[str]:
+    """The proto as dhcpd's lexer reads it: comments and whitespace gone, strings whole."""
+    return [t for t in _TOKEN.findall(text) if t and not t[0].isspace() and t[0] != "#"]
+
+
+def statements(text: str) -> list[tuple[str, ...]]:
+    """Each simple statement's words (`deny unknown-clients` for `deny unknown-clients;`),
+    wherever it stands: top level, or inside any subnet, pool, group or class block."""
+    out: list[tuple[str, ...]] = []
+    words: list[str] = []
+    for token in tokens(text):
+        if token == ";":
+            out.append(tuple(w.lower() for w in words))
+            words = []
+        elif token in ("{", "}"):
+            words = []  # a block's header or end: not a statement of its own
+        else:
+            words.append(token)
+    return out
+
+
+# Statements that keep unknown MACs from getting a lease from a range.
+_DENIES_UNKNOWN = frozenset({
+    ("deny", "unknown-clients"), ("ignore", "unknown-clients"),
+    ("deny", "unknown", "clients"),  # the pool permit-list spelling
+    ("boot-unknown-clients", "false"), ("boot-unknown-clients", "off"),
+})
 
 
 def warnings(proto: str) -> list[str]:
-    if _DENY.search(proto):
+    if _DENIES_UNKNOWN.intersection(statements(proto)):
         return []
     return ["the proto has no 'deny unknown-clients;': if one of its subnets has a range, "
             "unknown MACs get leases; put 'deny unknown-clients;' in that subnet"]

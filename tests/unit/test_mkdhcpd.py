@@ -505,3 +505,31 @@ def test_unreadable_output_is_a_one_line_error(isc: Tree,
     assert capsys.readouterr().err == f"{PROG}: cannot read {isc.output}: Is a directory\n"
     assert isc.run() == 1
     assert capsys.readouterr().err == f"{PROG}: cannot read {isc.output}: Is a directory\n"
+
+
+@pytest.mark.parametrize("proto", [
+    "subnet 10.77.0.0 netmask 255.255.255.0 { deny unknown-clients; }\n",
+    "subnet 10.77.0.0 netmask 255.255.255.0 {range 10.77.0.100 10.77.0.200;deny unknown-clients;}",
+    "subnet 10.77.0.0 netmask 255.255.255.0 {\n  pool { range 10.77.0.100 10.77.0.200;\n"
+    "    deny unknown clients; }\n}\n",
+    "ignore   unknown-clients ;  # every subnet\n",
+    'option domain-name "a;b"; DENY Unknown-Clients;\n',
+])
+def test_deny_unknown_clients_is_found_however_written(
+        isc: Tree, capsys: pytest.CaptureFixture[str], proto: str) -> None:
+    isc.proto.write_text(proto)
+    assert isc.run() == 0
+    assert "unknown-clients" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("proto", [
+    "subnet 10.77.0.0 netmask 255.255.255.0 { # deny unknown-clients;\n"
+    "  range 10.77.0.100 10.77.0.200; }\n",
+    'option domain-name "deny unknown-clients;";\n'
+    "subnet 10.77.0.0 netmask 255.255.255.0 { range 10.77.0.100 10.77.0.200; }\n",
+])
+def test_a_commented_or_quoted_deny_does_not_count(
+        isc: Tree, capsys: pytest.CaptureFixture[str], proto: str) -> None:
+    isc.proto.write_text(proto)
+    assert isc.run() == 0
+    assert "has no 'deny unknown-clients;'" in capsys.readouterr().err
