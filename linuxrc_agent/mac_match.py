@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from linuxrc_agent.ssitab import Node, Ssitab, normalize_mac
+from linuxrc_agent.ssitab import Node, Ssitab, int_to_ip, ip_to_int, normalize_mac
 
 ARPHRD_ETHER = "1"
 
@@ -69,13 +69,6 @@ def local_nics(sys_class_net: str = "/sys/class/net") -> list[Nic]:
     return nics
 
 
-def parse_bootif(value: str) -> str | None:
-    """ssi.bootif=MAC, or PXELINUX's BOOTIF=01-aa-bb-cc-dd-ee-ff (01 = Ethernet)."""
-    if len(value) == 20 and value[:3] == "01-":
-        value = value[3:]
-    return normalize_mac(value)
-
-
 def match(table: Ssitab, nics: list[Nic], bootif: str | None = None) -> Identity:
     """The node these NICs belong to, and the NIC to bring up.
 
@@ -107,11 +100,12 @@ def _suggest(table: Ssitab) -> tuple[int, str]:
     number = max((n.number for n in table), default=0) + 1
     if not len(table):
         return number, "IP/PREFIX"
-    last = max(table, key=lambda n: tuple(int(x) for x in n.ip.split(".")))
+    last = max(table, key=lambda n: ip_to_int(n.ip))
     used = {n.ip for n in table}
-    octets = [int(x) for x in last.ip.split(".")]
-    value = (octets[0] << 24 | octets[1] << 16 | octets[2] << 8 | octets[3]) + 1
-    candidate = ".".join(str(value >> s & 255) for s in (24, 16, 8, 0))
+    value = ip_to_int(last.ip) + 1
+    if value > 0xFFFFFFFF:
+        return number, "IP/PREFIX"
+    candidate = int_to_ip(value)
     if candidate in used or value & 255 in (0, 255):
         return number, "IP/PREFIX"
     return number, f"{candidate}/{last.prefix}"

@@ -45,6 +45,7 @@ from linuxrc_agent import (
 from linuxrc_agent.cmdline import Cmdline
 from linuxrc_agent.nodeenv import NodeEnv
 from linuxrc_agent.partitions import Probed, Scanner
+from linuxrc_agent.ssitab import parse_bootdev
 from linuxrc_agent.switch_root import check_init, switch_root
 from linuxrc_agent.syscalls import MS_RDONLY, MS_REMOUNT, mount, sethostname
 
@@ -164,7 +165,7 @@ def wait_devices(boot: Boot) -> None:
         raise BootError("no root= on the kernel command line",
                         ["add root=/dev/NAME, root=LABEL=..., root=UUID=... or root=PARTUUID=... "
                          "to the kernel arguments (lilo.ssi --cmdline)"], _seen(boot))
-    spec = partitions.parse_spec(c.root)
+    spec = parse_bootdev(c.root)
     if spec is None:
         shown = c.root if len(c.root) <= 80 else c.root[:77] + "..."
         raise BootError(f"root={shown}: not a form this agent resolves",

@@ -20,6 +20,7 @@ from typing import NamedTuple
 from linuxrc_agent import devnodes
 from linuxrc_agent.probe import Filesystem, PartitionTable, partition_table, probe
 from linuxrc_agent.ssitab import BootDev, BootDevKind, parse_bootdev
+from linuxrc_agent.units import human_size
 
 # Partition names: sda1, vda1, xvda1; nvme0n1p1, mmcblk0p1, loop0p1 (a 'p' after a digit).
 _PART_RE = re.compile(r"^(.*\d)p(\d+)$|^(.*\D)(\d+)$")
@@ -40,7 +41,7 @@ class Probed(NamedTuple):
     table: str  # "gpt" or "dos" for a disk with a partition table, else ""
 
     def describe(self) -> str:
-        size = _human(self.dev.size)
+        size = human_size(self.dev.size)
         what = [f"{self.dev.path} ({self.dev.major}:{self.dev.minor}, {size})"]
         if self.table:
             what.append(f"{self.table} partition table")
@@ -55,20 +56,6 @@ class Probed(NamedTuple):
         if self.partuuid:
             what.append(f"PARTUUID={self.partuuid}")
         return " ".join(what)
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def parse_spec(text: str) -> BootDev | None:
-    """`root=`/bootdev text as a spec, or None if it is not a form the agent resolves."""
-    return parse_bootdev(text)
 
 
 class Scanner:
@@ -203,7 +190,7 @@ def matches(p: Probed, spec: BootDev) -> bool:
 
 def resolve(spec: BootDev | str, scanner: Scanner | None = None) -> Probed | None:
     """The first device matching `spec` now (text specs are parsed; an invalid one matches none)."""
-    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    parsed = parse_bootdev(spec) if isinstance(spec, str) else spec
     if parsed is None:
         return None
     found = (scanner or Scanner()).find(parsed)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
-from socket import inet_aton
+from socket import inet_aton, inet_ntoa
 
 DEFAULT_PATH = "/etc/ssitab"
 DEFAULT_PREFIX = 24
@@ -92,11 +92,11 @@ class Node:
 
     @property
     def netmask(self) -> str:
-        return _int_to_ip((0xFFFFFFFF << (32 - self.prefix)) & 0xFFFFFFFF)
+        return int_to_ip((0xFFFFFFFF << (32 - self.prefix)) & 0xFFFFFFFF)
 
     @property
     def network(self) -> str:
-        return f"{_int_to_ip(_ip_to_int(self.ip) & _ip_to_int(self.netmask))}/{self.prefix}"
+        return f"{int_to_ip(ip_to_int(self.ip) & ip_to_int(self.netmask))}/{self.prefix}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +143,13 @@ def normalize_mac(text: str) -> str | None:
     return text.replace("-", ":").lower()
 
 
-def _ip_to_int(text: str) -> int:
-    a, b, c, d = (int(x) for x in text.split("."))
-    return (a << 24) | (b << 16) | (c << 8) | d
+def ip_to_int(text: str) -> int:
+    """A canonical dotted quad (as this parser leaves every address) as an integer."""
+    return int.from_bytes(inet_aton(text), "big")
 
 
-def _int_to_ip(value: int) -> str:
-    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
+def int_to_ip(value: int) -> str:
+    return inet_ntoa(value.to_bytes(4, "big"))
 
 
 def _is_decimal(text: str, max_len: int) -> bool:
@@ -218,7 +218,7 @@ def _fast_node(text: str, lineno: int) -> Node | None:
     elif prefix <= 30:
         hostmask = (1 << (32 - prefix)) - 1
         # The regex has made addr a canonical dotted quad: inet_aton reads it as such.
-        host = int.from_bytes(inet_aton(addr), "big") & hostmask
+        host = ip_to_int(addr) & hostmask
         if host == 0 or host == hostmask:
             return None
     if "-" in mac_text:
@@ -353,7 +353,7 @@ class _Parser:
                 or isinstance(bootdev, _Failed) or hostname is None):
             return
         ip, prefix = ip_prefix
-        self.nodes.append(Node(number, _int_to_ip(ip), prefix, macs, local, bootdev,
+        self.nodes.append(Node(number, int_to_ip(ip), prefix, macs, local, bootdev,
                                hostname, lineno))
 
     def node_number(self, lineno: int, col: int, word: str) -> int | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 
 class SsiError(Exception):
     """A failure the user can act on: message says what, hint says what would be right."""
@@ -13,7 +11,3 @@ class SsiError(Exception):
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.hint = hint
-
-
-def die(message: str, hint: str | None = None) -> NoReturn:
-    raise SsiError(message, hint)

@@ -30,6 +30,7 @@ from ClusterShell.Event import EventHandler
 from ClusterShell.NodeSet import NodeSet
 from ClusterShell.Task import Task, task_self
 
+from linuxrc_agent.units import human_size
 from mkinitrd_ssi.fanout_report import NodeResult, Progress, Status, Target, ssh_failure
 from mkinitrd_ssi.pairspool import Pair, Staged
 
@@ -162,7 +163,7 @@ class _Push:
             self.finish(node, Status.UNCHANGED)
             return []
         if self.opts.dry_run:
-            self.finish(node, Status.STALE, "would send " + _size(self.staged.payload_bytes))
+            self.finish(node, Status.STALE, "would send " + human_size(self.staged.payload_bytes))
             return []
         return [node]
 
@@ -224,10 +225,6 @@ def _why(o: _Outcome, what: str) -> str:
     if lines:
         return lines[-1]
     return f"{what} exited with {o.rc} and said nothing"
-
-
-def _size(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
 
 
 def ssh_options_string(options: Sequence[str]) -> str:

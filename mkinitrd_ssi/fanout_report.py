@@ -19,6 +19,7 @@ from ClusterShell.NodeSet import NodeSet, NodeSetParseError
 from ClusterShell.RangeSet import RangeSet, RangeSetParseError
 
 from linuxrc_agent.ssitab import Node
+from linuxrc_agent.units import human_size
 from mkinitrd_ssi.errors import SsiError
 
 
@@ -195,22 +196,13 @@ class Progress:
             self._drawn = False
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def table(results: Sequence[NodeResult]) -> str:
     """The final table, one row a node in node-number order, and a summary line."""
     rows = [("NODE", "HOSTNAME", "ADDRESS", "STATUS", "SENT", "DETAIL")]
     for r in sorted(results, key=lambda r: r.target.node.number):
         node = r.target.node
         rows.append((str(node.number), node.hostname, r.target.address, str(r.status),
-                     _human(r.sent_bytes) if r.sent_bytes else "-", r.detail))
+                     human_size(r.sent_bytes) if r.sent_bytes else "-", r.detail))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
              + "  " + row[-1] for row in rows]
@@ -226,7 +218,7 @@ def summary(results: Sequence[NodeResult]) -> str:
         text += f"; failed: node {_fold(failed)}"
     sent = sum(r.sent_bytes for r in results)
     if sent:
-        text += f"; {_human(sent)} sent"
+        text += f"; {human_size(sent)} sent"
     return text
 
 

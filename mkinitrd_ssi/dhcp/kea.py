@@ -5,10 +5,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import socket
 from typing import Any
 
-from linuxrc_agent.ssitab import Ssitab
+from linuxrc_agent.ssitab import Ssitab, ip_to_int
 from mkinitrd_ssi.dhcp import Backend, BootFiles, Format
 from mkinitrd_ssi.errors import SsiError
 
@@ -74,7 +73,7 @@ def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
     nets = [(int(net.network_address), int(net.netmask), entry) for net, entry in subnets]
     ours: list[list[str]] = [[] for _ in subnets]
     for node in table:
-        ip = int.from_bytes(socket.inet_aton(node.ip), "big")
+        ip = ip_to_int(node.ip)
         index = next((i for i, (net, mask, _e) in enumerate(nets) if ip & mask == net), None)
         if index is None:
             raise SsiError(f"{table.path}:{node.line}: node {node.number}'s address "

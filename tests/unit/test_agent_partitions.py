@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from linuxrc_agent.partitions import Scanner, _guess_parent, parse_spec, resolve, wait_for
+from linuxrc_agent.partitions import Scanner, _guess_parent, resolve, wait_for
 from linuxrc_agent.probe import partition_table
-from linuxrc_agent.ssitab import BootDev, BootDevKind
+from linuxrc_agent.ssitab import BootDev, BootDevKind, parse_bootdev
 
 UUID = "0b9a4b1e-1111-4222-8333-944455556666"
 MiB = 1 << 20
@@ -196,7 +196,7 @@ def test_missing_proc_partitions(tmp_path: Path) -> None:
 
 def test_wait_for_times_out_and_polls(tmp_path: Path) -> None:
     system = FakeSystem(tmp_path)
-    spec = parse_spec("LABEL=late")
+    spec = parse_bootdev("LABEL=late")
     assert spec is not None
     polls: list[int] = []
     assert wait_for(spec, 0.3, system.scanner(), lambda: polls.append(1), 0.05) is None
@@ -205,7 +205,7 @@ def test_wait_for_times_out_and_polls(tmp_path: Path) -> None:
 
 def test_wait_for_sees_a_late_device(gpt_system: FakeSystem, tmp_path: Path) -> None:
     late = FakeSystem(tmp_path / "late")
-    spec = parse_spec(f"UUID={UUID}")
+    spec = parse_bootdev(f"UUID={UUID}")
     assert spec is not None
     ext4 = (gpt_system.dev / "vda2").read_bytes()
 
@@ -217,7 +217,7 @@ def test_wait_for_sees_a_late_device(gpt_system: FakeSystem, tmp_path: Path) -> 
     assert found is not None and found.dev.name == "sdb"
 
 
-def test_parse_spec() -> None:
-    assert parse_spec("nfs:10.0.0.1:/export") is None
-    assert parse_spec("LABEL=x") is not None
-    assert parse_spec("/dev/../etc/passwd") is None
+def test_parse_bootdev_for_root() -> None:
+    assert parse_bootdev("nfs:10.0.0.1:/export") is None
+    assert parse_bootdev("LABEL=x") is not None
+    assert parse_bootdev("/dev/../etc/passwd") is None

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from linuxrc_agent import cmdline
 from linuxrc_agent.mac_match import (
     AmbiguousNode,
     Nic,
     UnknownNode,
     local_nics,
     match,
-    parse_bootif,
     unknown_banner,
 )
 from linuxrc_agent.ssitab import parse
@@ -103,5 +103,7 @@ TABLE_TEXT = "".join(
     ("garbage", None),
     ("01-52-54-00-12", None),
 ])
-def test_parse_bootif(text: str, mac: str | None) -> None:
-    assert parse_bootif(text) == mac
+def test_bootif_forms(text: str, mac: str | None) -> None:
+    # The agent reads both through its command-line parser (PXELINUX's form, and ours).
+    key = "BOOTIF" if text.startswith("01-") else "ssi.bootif"
+    assert cmdline.parse(f"{key}={text}").bootif == mac
