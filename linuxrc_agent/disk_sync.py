@@ -57,6 +57,7 @@ from typing import NamedTuple, Protocol
 import xxhash
 
 from linuxrc_agent import cmdline
+from linuxrc_agent.nodeenv import SyncStatus
 
 SSI_DIR = "ssi"
 MANIFEST_NAME = "ssi-manifest.json"
@@ -70,14 +71,6 @@ MAX_APPEND = 2047
 # Words a boot path adds by itself: persisting them would make the local
 # config differ between a netboot and a local boot, and rewrite it each time.
 TRANSPORT_KEYS = frozenset({"BOOT_IMAGE", "initrd", "BOOTIF", "ssi.bootif", "ssi.break"})
-
-
-class SyncStatus(enum.Enum):
-    UPDATED = "updated"
-    UNCHANGED = "unchanged"
-    NO_BOOT_PARTITION = "no-boot-partition"
-    SKIPPED = "skipped"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from typing import NoReturn
 from linuxrc_agent import cmdline as cmdline_mod
 from linuxrc_agent import (
     console,
+    firmware,
     mac_match,
     modules,
     mounts,
@@ -93,6 +94,7 @@ class Boot:
         self.bootdev: ssitab.BootDev | None = None  # the local boot partition, if any
         self.kver = ""
         self.notes: list[str] = []  # for the debug log, once debug is known
+        self.stage_ms: dict[str, int] = {}  # each stage's run time, retries included
 
 
 # --- the stages -----------------------------------------------------------------------
@@ -354,7 +356,7 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
                                              root=Path(NEWROOT), before_write=writable)
     except OSError as e:
         return "failed", f"{dev}: {e.strerror}"
-    if result.status is disk_sync.SyncStatus.FAILED:
+    if result.status is nodeenv.SyncStatus.FAILED:
         return "failed", f"{dev}: {result.reason}"  # which disk failed, not just EIO
     return result.status.value, result.reason
 
@@ -370,7 +372,14 @@ def _ensure_filesystem(boot: Boot, fstype: str) -> None:
 
 
 def write_node_env(boot: Boot) -> None:
-    boot.node = replace(boot.node, boot_ms=int(console.elapsed() * 1000))
+    fw = firmware.kind()
+    if fw == "uefi" and boot.loader is not None:
+        _ensure_filesystem(boot, "efivarfs")
+    stages = " ".join(f"{name}:{ms}" for name, ms in boot.stage_ms.items())
+    boot.node = replace(boot.node, boot_ms=int(console.elapsed() * 1000), stages_ms=stages,
+                        root=boot.cmdline.root or "", firmware=fw,
+                        secure_boot=fw == "uefi" and firmware.ensure_efivarfs()
+                        and firmware.secure_boot())
     nodeenv.write(boot.node)
     console.debug(f"node.env: {' '.join(f'{k}={v}' for k, v in boot.node.items())}")
 
@@ -424,6 +433,9 @@ def _attempt(stage: Stage, step: Callable[[Boot], None], boot: Boot) -> bool:
         console.fatal(f"{stage.value}: {type(e).__name__}: {e}")
         _traceback(e)
         return False
+    finally:
+        spent = int((console.elapsed() - started) * 1000)
+        boot.stage_ms[stage.value] = boot.stage_ms.get(stage.value, 0) + spent
     console.debug(f"stage {stage.value}: {console.elapsed() - started:.3f} s")
     return True
 

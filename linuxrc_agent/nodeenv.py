@@ -7,12 +7,25 @@ atomically: a reader sees the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from dataclasses import dataclass, fields
 
 PATH = "/run/ssi/node.env"
-SYNC_STATES = ("updated", "unchanged", "no-boot-partition", "skipped", "failed")
+
+
+class SyncStatus(enum.Enum):
+    """SSI_SYNC: what the boot did to the local boot partition."""
+
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    NO_BOOT_PARTITION = "no-boot-partition"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+SYNC_STATES = tuple(s.value for s in SyncStatus)
 
 _SAFE_RE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
@@ -28,8 +41,13 @@ class NodeEnv:
     iface: str = ""
     hostname: str = ""
     local_boot: bool = False
-    sync: str = "skipped"
+    sync: str = SyncStatus.SKIPPED.value
     boot_ms: int = 0
+    stages_ms: str = ""  # `stage:ms` words, in boot order
+    root: str = ""  # the root= the shared root was mounted from
+    overlay: str = ""  # "tmpfs" when the shared root is under a per-node overlay
+    firmware: str = "bios"
+    secure_boot: bool = False
 
     def __post_init__(self) -> None:
         if self.sync not in SYNC_STATES:

@@ -33,6 +33,14 @@ def test_reaches_shared_root_init(boot_vm: BootVm, root_images: dict[str, Path],
     env = vm.node_env()
     assert int(env["SSI_BOOT_MS"]) > 0
     assert env["SSI_SYNC"] in ("skipped", "unchanged", "updated", "no-boot-partition")
+    # Every stage up to node.env timed, in boot order; what root= named; the firmware.
+    stages = dict(word.split(":") for word in env["SSI_STAGES_MS"].split())
+    assert list(stages)[:8] == ["mount_api", "cmdline", "modules", "devices", "identity",
+                                "network", "root", "sync"]
+    assert all(ms.isdigit() for ms in stages.values())
+    assert sum(map(int, stages.values())) <= int(env["SSI_BOOT_MS"])
+    assert env["SSI_ROOT"] == root
+    assert (env["SSI_OVERLAY"], env["SSI_FIRMWARE"], env["SSI_SECURE_BOOT"]) == ("", "bios", "0")
     assert "Kernel panic" not in vm.output()
 
 
@@ -51,10 +59,16 @@ def test_break_opens_shell_before_stage_then_goes_on(
     vm = boot_vm("root=/dev/vda ssi.break=root", [shared_root(root_images)])
     vm.wait_for(r"linuxrc: .*ssi.break: stopping before stage root")
     vm.wait_for(RESCUE)
+    # The shell read the image's /etc/profile (ramdisk_skel/): its hint, then its prompt.
+    vm.wait_for(r"'exit' continues the boot")
+    vm.wait_for(r"\(linuxrc rescue\) / # ")
     assert INIT_MARKER not in vm.output()
-    # The shell runs before the root is mounted: /newroot is still empty.
-    vm.send("ls /newroot | wc -l | sed 's/^/NEWROOT-ENTRIES=/'; exit\n")
+    # The shell runs before the root is mounted: /newroot is still empty. The skeleton's
+    # /etc/passwd names uid 0.
+    vm.send("ls /newroot | wc -l | sed 's/^/NEWROOT-ENTRIES=/'; id -un | sed 's/^/USER=/'\n")
     vm.wait_for(r"NEWROOT-ENTRIES=0")
+    vm.wait_for(r"USER=root")
+    vm.send("exit\n")
     vm.wait_for(INIT_MARKER)
 
 
