@@ -31,7 +31,7 @@ from ClusterShell.NodeSet import NodeSet
 from ClusterShell.Task import Task, task_self
 
 from linuxrc_agent.units import human_size
-from mkinitrd_ssi.fanout_report import NodeResult, Progress, Status, Target, ssh_failure
+from mkinitrd_ssi.fanout_report import NodeResult, Progress, Status, Target, shown, ssh_failure
 from mkinitrd_ssi.pairspool import Pair, Staged
 
 # Options every ssh and scp of a push gets after the admin's own (ssh keeps
@@ -41,6 +41,14 @@ SSH_UNREACHABLE_RC = 255
 # Reading the local pair once takes a second or two; anything much slower is a
 # node that accepted the connection and then hung.
 ASK_SECONDS = 60.0
+# What is kept of one node's reply. A healthy answer is one JSON line of a few
+# hundred bytes; a node that sends more is broken or hostile, and the admin's
+# memory must not grow with it.
+MAX_LINE = 64 * 1024
+MAX_REPLY = 1 << 20
+# A JSON answer nested deeper than this is no answer of ours (and would
+# exhaust the parser's recursion).
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -65,11 +73,25 @@ class _Outcome:
         """The last stdout line that is a JSON object (a login banner may precede it)."""
         for line in reversed(self.out):
             if line.startswith("{"):
+                if _depth(line) > MAX_DEPTH:
+                    break
                 try:
                     return json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     break
         return None
+
+
+def _depth(text: str) -> int:
+    """How deep brackets nest in text (strings not excluded: an upper bound is enough)."""
+    depth = deepest = 0
+    for c in text:
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
 
 
 class _Collector(EventHandler):  # type: ignore[misc]
@@ -78,11 +100,18 @@ class _Collector(EventHandler):  # type: ignore[misc]
         self.out: defaultdict[str, list[str]] = defaultdict(list)
         self.err: defaultdict[str, list[str]] = defaultdict(list)
         self.rc: dict[str, int | None] = {}
+        self.kept: defaultdict[str, int] = defaultdict(int)
         self.on_hup = on_hup
 
     def ev_read(self, worker: Any, node: str, sname: str, msg: bytes) -> None:
         stream = self.err if sname == "stderr" else self.out
-        stream[node].append(msg.decode(errors="replace"))
+        if self.kept[node] >= MAX_REPLY:
+            return  # the rest of a flood: dropped, the node is judged by what came first
+        line = msg[:MAX_LINE].decode(errors="replace")
+        self.kept[node] += len(line)
+        if self.kept[node] >= MAX_REPLY:
+            line = "(reply cut: over 1 MiB)"
+        stream[node].append(line)
 
     def ev_hup(self, worker: Any, node: str, rc: int | None) -> None:
         self.rc[node] = rc
@@ -100,7 +129,7 @@ class _Push:
     started: dict[str, float] = field(default_factory=dict)
 
     def finish(self, address: str, status: Status, detail: str = "", sent: int = 0) -> None:
-        result = NodeResult(self.targets[address], status, detail, sent,
+        result = NodeResult(self.targets[address], status, shown(detail), sent,
                             time.monotonic() - self.started[address])
         self.results[address] = result
         self.progress.finished(result)
@@ -113,9 +142,19 @@ class _Push:
             return
         collector: _Collector
 
+        def done(node: str, outcome: _Outcome) -> None:
+            # One node's reply, however strange, is that node's failure: the
+            # run goes on for every other node.
+            try:
+                on_done(node, outcome)
+            except Exception as e:
+                if node not in self.results:
+                    self.finish(node, Status.FAILED, f"unexpected reply ({type(e).__name__}: "
+                                f"{str(e)[:200]})")
+
         def hup(node: str) -> None:
-            on_done(node, _Outcome(collector.rc[node], collector.out.pop(node, []),
-                                   collector.err.pop(node, []), False))
+            done(node, _Outcome(collector.rc[node], collector.out.pop(node, []),
+                                collector.err.pop(node, []), False))
 
         collector = _Collector(hup)
         nodeset = NodeSet.fromlist(nodes)
@@ -128,8 +167,8 @@ class _Push:
                                     stderr=True, timeout=timeout)
         self.task.resume()
         for node in worker.iter_keys_timeout():
-            on_done(str(node), _Outcome(None, collector.out.pop(node, []),
-                                        collector.err.pop(node, []), True))
+            done(str(node), _Outcome(None, collector.out.pop(node, []),
+                                     collector.err.pop(node, []), True))
 
     def remote(self, *args: str) -> str:
         return f"{self.opts.remote_lilo} --local-only " + shlex.join(args)
@@ -236,6 +275,10 @@ def push(targets: Sequence[Target], staged: Staged, opts: PushOptions,
     """Bring every target's boot partition to the staged pair; one result per target."""
     task = task_self()
     task.set_info("fanout", opts.fanout)
+    # Our handler keeps what it needs of each reply; ClusterShell's own copy
+    # of every line would grow with a node that floods.
+    task.set_default("stdout_msgtree", False)
+    task.set_default("stderr_msgtree", False)
     task.set_info("connect_timeout", opts.connect_timeout)
     task.set_info("ssh_options", ssh_options_string(opts.ssh_options))
     # scp reads the same options; unset scp_options makes ClusterShell use ssh's.

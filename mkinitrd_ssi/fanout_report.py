@@ -50,6 +50,21 @@ _UNREACHABLE = (
 _BARE_RANGE_RE = re.compile(r"[0-9][0-9,\-]*")
 
 
+# What of a node's words reaches the admin's screen.
+MAX_DETAIL = 300
+
+
+def shown(text: str) -> str:
+    """A node's text made safe to print: control characters (an escape sequence
+    could repaint the admin's terminal) as \\xNN, and at most MAX_DETAIL characters."""
+    if len(text) > MAX_DETAIL:
+        text = text[:MAX_DETAIL - 3] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256
+                   else f"\\u{ord(c):04x}" for c in text)
+
+
 @dataclass(frozen=True)
 class Target:
     """A local-boot node and the name ClusterShell addresses it by."""

@@ -275,3 +275,53 @@ def test_local_only_finds_mounts_syncs_and_unmounts_the_partition(
             pass
     finally:
         subprocess.run(["losetup", "--detach", loop], check=False)
+
+
+ROGUE = """#!/bin/sh
+# A node that answers every push request with garbage: terminal escape
+# sequences, a JSON document nested 200,000 deep, and ~40 MB of output.
+if [ -e {boot}/ROGUE ]; then
+    printf '\\033[2J\\033]0;owned\\007\\033[31mnode says hi\\n' >&2
+    python3 -c '
+import sys
+sys.stdout.write("{{\\"status\\": \\"ok\\", \\"pair\\": " + "[" * 200000 + "]" * 200000 + "}}\\n")
+sys.stdout.write(("\\033[2J" + "x" * 1000 + "\\n") * 40000)
+sys.stdout.write("{{\\"status\\": \\"updated\\", \\"reason\\": \\"\\\\u001b[2Jowned\\"}}\\n")
+'
+    exit 0
+fi
+exec "$@"
+"""
+
+
+def test_a_rogue_node_fails_alone_and_cannot_touch_the_terminal(
+        tmp_path: Path, admin_root: Path, cluster_factory: list[SshCluster]) -> None:
+    cluster = SshCluster(tmp_path / "c", 3)
+    cluster_factory.append(cluster)
+    with cluster:
+        (admin_root / "etc/ssitab").write_text(cluster.ssitab())
+        (cluster.nodes[2].boot / "ROGUE").touch()
+        script = tmp_path / "rogue.sh"
+        script.write_text(ROGUE.format(boot=cluster.workdir / "mnt/boot"))
+        script.chmod(0o755)
+        args = cluster.push_args()
+        at = args.index("--remote-lilo") + 1
+        args[at] = f"{script} {args[at]}"
+        for extra in (["--json"], []):
+            rc, out, err = cluster.lilo(["--root", str(admin_root), *extra, *args, *FAST_KEX])
+            assert rc == 1, err
+            assert "Traceback" not in err and "RecursionError" not in err
+            assert "\x1b" not in out and "\x1b" not in err  # nothing the node sent repaints
+            assert "\x07" not in out and "\x07" not in err
+            if extra:
+                assert "\\x1b[2J" in str(by_node(out)[2]["detail"])  # shown, escaped
+                assert statuses(out) == {1: "updated", 2: "failed", 3: "updated"} or \
+                    statuses(out) == {1: "unchanged", 2: "failed", 3: "unchanged"}
+            else:
+                rows = [line.split() for line in out.splitlines()[2:5]]
+                assert [r[3] for r in rows] == ["unchanged", "failed", "unchanged"]
+                assert out.splitlines()[-1].endswith("failed: node 2")
+        want = new_pair(admin_root)
+        assert localnode.installed_pair(cluster.nodes[1].boot) == want
+        assert localnode.installed_pair(cluster.nodes[3].boot) == want
+        assert localnode.installed_pair(cluster.nodes[2].boot) is None

@@ -332,3 +332,26 @@ def test_installed_pair_hashes_the_files_the_config_names(tmp_path: Path) -> Non
     (tmp_path / local.initrd.name).write_bytes(b"i" * 499 + b"X")
     damaged = localnode.installed_pair(tmp_path)
     assert damaged is not None and damaged.initrd != ids["initrd"]
+
+
+def test_a_nodes_reply_is_capped_and_deep_json_is_no_answer() -> None:
+    from mkinitrd_ssi import fanout
+
+    collector = fanout._Collector(lambda node: None)
+    for _ in range(100):
+        collector.ev_read(None, "n1", "stdout", b"x" * (fanout.MAX_LINE * 2))
+    kept = collector.out["n1"]
+    assert sum(map(len, kept)) <= fanout.MAX_REPLY + fanout.MAX_LINE
+    assert all(len(line) <= fanout.MAX_LINE for line in kept)
+    assert kept[-1] == "(reply cut: over 1 MiB)"
+    deep = "{\"pair\": " + "[" * 200_000 + "]" * 200_000 + "}"
+    assert _Outcome(0, [deep], [], False).json() is None  # no RecursionError
+    assert _Outcome(0, ['{"a": [[1]]}'], [], False).json() == {"a": [[1]]}
+
+
+def test_node_text_is_escaped_and_bounded() -> None:
+    from mkinitrd_ssi.fanout_report import MAX_DETAIL, shown
+
+    assert shown("ok: wrote kernel") == "ok: wrote kernel"
+    assert shown("\x1b[2J\x1b]0;t\x07x\u2028") == "\\x1b[2J\\x1b]0;t\\x07x\\u2028"
+    assert len(shown("y" * 10_000)) == MAX_DETAIL
