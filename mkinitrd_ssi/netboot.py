@@ -111,8 +111,21 @@ def _publish_set(tftpboot: Path, name: str, kernel: Path, initrd: Path) -> bool:
         with open(staging / dst, "rb") as f:
             os.fsync(f.fileno())
     staging.chmod(0o755)
+    # The set's entries, then its name in sets/, durable before any config names
+    # it: a filesystem that does not order metadata could otherwise keep a
+    # config that names a set whose directory never reached the disk.
+    _fsync_dir(staging)
     os.replace(staging, final)
+    _fsync_dir(final.parent)
     return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _prune(tftpboot: Path, keep: str) -> None:

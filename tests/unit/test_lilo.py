@@ -174,3 +174,28 @@ def test_local_only_options_alone_are_usage_errors(
         tree: Path, args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--root", str(tree), *args]) == 2
     assert "lilo.ssi: --" in capsys.readouterr().err
+
+
+def test_a_set_is_durable_before_any_config_names_it(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mkinitrd_ssi import netboot
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync " + os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[1])
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        events.append(f"rename {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(["--root", str(tree), "--cmdline", CMDLINE, "--no-push"]) == 0
+    name = netboot.pair_hash(tree / "boot/vmlinuz", tree / "boot/initrd.img")
+    named = events.index(f"rename {name}")
+    assert events.index(f"fsync .{name}.tmp") < named  # the set's own entries
+    assert events.index("fsync sets", named) < events.index("rename ssi.ipxe")
+    assert events.index("fsync sets", named) < events.index("rename default")
