@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the outcome as JSON on stdout (for scripts)")
     _local_arguments(parser.add_argument_group("this node's boot partition (--local-only)"))
     _push_arguments(parser.add_argument_group("push to the local-boot nodes, after publishing"))
+    _provision_arguments(parser.add_argument_group(
+        "make a partition ready for local boot (--provision)"))
     return parser
 
 
@@ -100,6 +102,25 @@ def _push_arguments(group: argparse._ArgumentGroup) -> None:
                        "the pair (default: /run)")
 
 
+def _provision_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--provision", type=Path, metavar="DEVICE",
+                       help="make DEVICE ready for local boot, then stop: a whole disk or a "
+                       "disk image file gets a new dos table with one active partition and "
+                       "Syslinux's mbr.bin; an existing partition gets the filesystem only (and "
+                       "mbr.bin where its disk's boot code is blank); extlinux either way")
+    group.add_argument("--force", action="store_true",
+                       help="overwrite a DEVICE that holds a filesystem, a partition table or "
+                       "data (a device in use is refused all the same)")
+    group.add_argument("--fs", choices=("ext4", "vfat"), default="ext4",
+                       help="filesystem of the boot partition (default: ext4)")
+    group.add_argument("--label", metavar="LABEL",
+                       help="its label (default: this node's LABEL= bootdev in ssitab, else "
+                       "ssiboot)")
+    group.add_argument("--size", type=_positive, metavar="MIB",
+                       help="create DEVICE as a sparse disk image file of MIB MiB (it must not "
+                       "exist)")
+
+
 def _checked_cmdline(text: str) -> str:
     """--cmdline as the kernel will read it, in the spelling every config keeps."""
     args = netboot.check_cmdline(text)
@@ -144,7 +165,28 @@ def _usage(message: str) -> SsiError:
     return error
 
 
+def _check_provision(args: argparse.Namespace) -> None:
+    if args.provision is None:
+        for name, given in (("--force", args.force), ("--label", args.label is not None),
+                            ("--size", args.size is not None), ("--fs", args.fs != "ext4")):
+            if given:
+                raise _usage(f"{name} needs --provision DEVICE")
+        return
+    # Provisioning makes an empty partition; the pair comes with the first sync.
+    for name, given in (("--local-only", args.local_only), ("--cmdline", args.cmdline),
+                        ("--kernel", args.kernel), ("--initrd", args.initrd),
+                        ("--json", args.json), ("--nodes", args.nodes)):
+        if given:
+            raise _usage(f"{name} does not go with --provision")
+    from mkinitrd_ssi.provision_command import label_problem
+
+    problem = None if args.label is None else label_problem(args.label, args.fs)
+    if problem is not None:
+        raise _usage(problem)
+
+
 def _check_modes(args: argparse.Namespace) -> None:
+    _check_provision(args)
     if not args.local_only:
         for name, given in (("--boot-dir", args.boot_dir), ("--hashes", args.hashes),
                             ("--from", args.from_spool)):
@@ -157,6 +199,10 @@ def _check_modes(args: argparse.Namespace) -> None:
 def publish(args: argparse.Namespace) -> int:
     _check_modes(args)
     root = cli.Root(args.root)
+    if args.provision is not None:
+        from mkinitrd_ssi import provision_command
+
+        return provision_command.run(args)
     if args.local_only:
         from mkinitrd_ssi import local_command
 

@@ -1,30 +1,24 @@
 """`lilo.ssi --local-only` on a running node: which node am I, where is my boot
 partition, what pair does it hold.
 
-On a running node udev maintains /dev/disk/by-*, so LABEL=, UUID= and PARTUUID=
-resolve through those links (the agent, with no udev, probes superblocks instead).
+LABEL=, UUID= and PARTUUID= resolve through udev's database where udev runs,
+else through the agent's own probe (blockdev.find says which under -v).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from linuxrc_agent import mac_match
 from linuxrc_agent.disk_sync import EXTLINUX, Bootloader, hash_file
-from linuxrc_agent.ssitab import BootDev, BootDevKind, Node, Ssitab
+from linuxrc_agent.ssitab import BootDev, Node, Ssitab
+from mkinitrd_ssi import blockdev
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.localsync import mounted
 from mkinitrd_ssi.pairspool import Pair
 from mkinitrd_ssi.run import log
-
-_BY = {BootDevKind.LABEL: "by-label", BootDevKind.UUID: "by-uuid",
-       BootDevKind.PARTUUID: "by-partuuid"}
-# udev's encode_devnode_name keeps these; anything else becomes \xNN.
-_UDEV_SAFE = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#+-.:=@_")
 
 
 def this_node(table: Ssitab, sys_class_net: str = "/sys/class/net") -> Node:
@@ -39,29 +33,9 @@ def this_node(table: Ssitab, sys_class_net: str = "/sys/class/net") -> Node:
         raise SsiError(str(e)) from None
 
 
-def udev_escape(name: str) -> str:
-    return "".join(c if c in _UDEV_SAFE or ord(c) > 127 else f"\\x{ord(c):02x}" for c in name)
-
-
-def bootdev_candidates(bootdev: BootDev, dev: Path = Path("/dev")) -> list[Path]:
-    if bootdev.kind is BootDevKind.PATH:
-        return [dev / bootdev.value.removeprefix("/dev/")]
-    base = dev / "disk" / _BY[bootdev.kind]
-    if bootdev.kind is BootDevKind.LABEL:
-        return [base / udev_escape(bootdev.value)]
-    # ssitab keeps UUIDs in lower case; udev names a FAT volume id in upper case.
-    return list(dict.fromkeys([base / bootdev.value, base / bootdev.value.upper()]))
-
-
-def find_bootdev(bootdev: BootDev, dev: Path = Path("/dev")) -> Path | None:
-    """The block device bootdev names, or None when there is no such partition."""
-    for path in bootdev_candidates(bootdev, dev):
-        try:
-            if stat.S_ISBLK(os.stat(path).st_mode):
-                return path.resolve()
-        except OSError:
-            continue
-    return None
+def find_bootdev(bootdev: BootDev) -> Path | None:
+    """The block device bootdev names on this machine, or None when there is no such partition."""
+    return blockdev.find(bootdev)
 
 
 def installed_pair(boot_dir: Path, bootloader: Bootloader = EXTLINUX) -> Pair | None:
@@ -95,7 +69,7 @@ class NotLocal(Exception):
 
 @contextlib.contextmanager
 def boot_partition(boot_dir: Path | None, node_of: Callable[[], Node],
-                   dev: Path = Path("/dev"), read_only: bool = False) -> Iterator[Path]:
+                   read_only: bool = False) -> Iterator[Path]:
     """The boot partition as a directory: --boot-dir as given, else this node's
     bootdev from ssitab, mounted for the duration."""
     if boot_dir is not None:
@@ -106,11 +80,11 @@ def boot_partition(boot_dir: Path | None, node_of: Callable[[], Node],
     node = node_of()
     if not node.local or node.bootdev is None:
         raise NotLocal(f"node {node.number} has no local boot flag in ssitab")
-    device = find_bootdev(node.bootdev, dev)
+    device = find_bootdev(node.bootdev)
     if device is None:
         raise NoBootPartition(
-            f"node {node.number}: no partition {node.bootdev} (create it: fdisk, "
-            f"mkfs with that label or UUID, provision extlinux; then run lilo.ssi --local-only)")
+            f"node {node.number}: no partition {node.bootdev} (create it: lilo.ssi "
+            f"--provision DEVICE; then run lilo.ssi --local-only)")
     log.info("mounting %s (%s)", device, node.bootdev)
     # A partition already mounted (say on /boot) mounts here just the same:
     # the kernel shares its superblock, so the two views cannot tear anything.

@@ -8,6 +8,11 @@
   Syslinux's mbr.bin, one bootable partition, a filesystem, ldlinux.sys.
   It needs root (loop devices, mount) except for vfat images, which mtools
   and `syslinux --offset` handle unmounted.
+- `provision_partition` does the same for an existing partition of a disk
+  that has other partitions: a filesystem and ldlinux.sys on it, and on its
+  disk only what the BIOS needs to reach it (`disk_boot_plan`): mbr.bin where
+  the boot code is blank, the active flag. `lilo.ssi --provision` is the
+  command over both (provision_command.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from linuxrc_agent.disk_sync import (
     local_append,
     sync_boot_dir,
 )
+from linuxrc_agent.probe import partition_table
 from mkinitrd_ssi.atomic import replace_if_changed
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.run import log, run
@@ -87,6 +93,7 @@ class Provisioned:
     start: int  # bytes from the start of the disk to the partition
     size: int  # bytes
     how: str  # how the partition was reached: partscan, partx, offset loop, block device, mtools
+    partition: Path | None = None  # its block device, when it outlives provisioning
 
 
 def provision(
@@ -110,22 +117,20 @@ def provision(
     is_block = target.exists() and target.is_block_device()
     if not is_block:
         if size_mib is not None:
+            partition_bytes(target, size_mib << 20)  # too small: create nothing
             with open(target, "ab") as f:
                 f.truncate(size_mib << 20)
         elif not target.is_file():
             raise SsiError(f"{target}: no such disk image", hint="pass size_mib to create it")
-    elif _is_partition(target):
+    elif is_partition(target):
         raise SsiError(f"{target} is a partition", hint="provision the whole disk, e.g. /dev/sdb")
-    disk_bytes = _size_of(target)
-    size = (disk_bytes // SECTOR - START_SECTOR) * SECTOR
-    if size < (8 << 20):
-        raise SsiError(f"{target}: {disk_bytes >> 20} MiB is too small for a boot partition",
-                       hint="a kernel and ramdisk pair needs twice its size; 512 MiB is ample")
+    size = partition_bytes(target, size_of(target))
     run(["sfdisk", "--quiet", "--wipe", "always", str(target)],
         input=f"label: dos\nstart={START_SECTOR}, type={PART_TYPES[fs]}, bootable\n".encode(),
         capture=True)
-    _write_mbr(target)
+    _write_at(target, [(0, boot_code())])
     start = START_SECTOR * SECTOR
+    partition = None
     if fs == "vfat" and not is_block and (os.geteuid() != 0 or not _kernel_has("vfat")):
         # Without root (no loop devices), or on a host without the vfat module,
         # a FAT image cannot be mounted; mtools and syslinux work on the
@@ -135,26 +140,144 @@ def provision(
         how = "mtools"
     else:
         with attach(target) as (part, how):
-            _mkfs(part, fs, label, ext4_features)
-            with mounted(part) as mnt:
-                run(["extlinux", "--install", str(mnt)], capture=True)
+            _mkfs_extlinux(part, fs, label, ext4_features)
+            partition = part if is_block else None
     log.info("provisioned %s: %s %s at %d MiB, %d MiB, via %s", target, fs, label, start >> 20,
              size >> 20, how)
-    return Provisioned(target, fs, label, start, size, how)
+    return Provisioned(target, fs, label, start, size, how, partition)
 
 
-def _write_mbr(target: Path) -> None:
-    # The first 440 bytes are boot code; the partition table after them stays.
+def partition_bytes(target: Path, disk_bytes: int) -> int:
+    """The size of the one partition provision() makes on a disk of disk_bytes."""
+    return _checked_size(target, disk_bytes // SECTOR * SECTOR - START_SECTOR * SECTOR)
+
+
+def _checked_size(target: Path, size: int) -> int:
+    if size < (8 << 20):
+        raise SsiError(f"{target}: {max(size, 0) / (1 << 20):.1f} MiB is too small for a boot "
+                       f"partition",
+                       hint="a kernel and ramdisk pair needs twice its size; 512 MiB is ample")
+    return size
+
+
+def _mkfs_extlinux(part: Path, fs: str, label: str, ext4_features: str) -> None:
+    _mkfs(part, fs, label, ext4_features)
+    with mounted(part) as mnt:
+        run(["extlinux", "--install", str(mnt)], capture=True)
+
+
+def boot_code() -> bytes:
+    """Syslinux's mbr.bin: the 440 bytes of boot code that start the active partition."""
     for candidate in MBR_BIN:
         if os.path.isfile(candidate):
-            code = Path(candidate).read_bytes()[:440]
-            break
-    else:
-        raise SsiError("Syslinux's mbr.bin not found", hint="apt-get install syslinux-common")
+            return Path(candidate).read_bytes()[:440]
+    raise SsiError("Syslinux's mbr.bin not found", hint="apt-get install syslinux-common")
+
+
+def _write_at(target: Path, pieces: list[tuple[int, bytes]]) -> None:
+    # Only these bytes: the partition table around the boot code stays as it is.
     with open(target, "r+b") as f:
-        f.write(code)
+        for offset, data in pieces:
+            f.seek(offset)
+            f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class DiskBoot:
+    """What the BIOS needs on a partition's disk to reach extlinux on it."""
+
+    disk: Path
+    number: int  # the partition's, as the kernel numbers it
+    table: str  # "dos", "gpt", or "" when the agent's probe reads none
+    write_mbr: bool  # a dos disk whose boot code is all zero: mbr.bin goes there
+    activate: bool  # a dos primary partition that is not yet the one active partition
+    was_active: tuple[int, ...]  # partitions that lose their active flag
+
+    def steps(self, dry_run: bool = False) -> list[str]:
+        """What apply() does or leaves, one line each, for the admin to read."""
+        def verb(now: str, then: str) -> str:
+            return f"would {now}" if dry_run else then
+
+        disk, n = self.disk, self.number
+        if self.table != "dos":
+            what = "a GPT disk" if self.table == "gpt" else "no partition table the agent reads"
+            return [f"{disk}: {what}: boot code and partition flags left as they are (BIOS "
+                    f"boot from GPT needs Syslinux's gptmbr.bin and sfdisk --part-attrs {disk} "
+                    f"{n} LegacyBIOSBootable)"]
+        lines = [f"{disk}: " + (verb("put", "put") + " Syslinux's mbr.bin into the boot code "
+                                "(its 440 bytes are all zero)" if self.write_mbr else
+                                "boot code left as it is (not all zero: another boot loader, "
+                                f"which must start partition {n})")]
+        if n > 4:
+            lines.append(f"{disk}: partition {n} is a logical partition: mbr.bin starts only "
+                         f"an active primary one; chain to it from another boot loader")
+        elif self.activate:
+            lost = ", ".join(str(i) for i in self.was_active)
+            lines.append(f"{disk}: {verb('mark', 'marked')} partition {n} active"
+                         + (f" (partition {lost} no longer)" if lost else ""))
+        else:
+            lines.append(f"{disk}: partition {n} is already the active one")
+        return lines
+
+    def apply(self) -> None:
+        pieces = [(0, boot_code())] if self.write_mbr else []
+        if self.activate:
+            pieces += [(446 + 16 * (i - 1), b"\x80" if i == self.number else b"\0")
+                       for i in (self.number, *self.was_active)]
+        if pieces:
+            _write_at(self.disk, pieces)
+
+
+def partition_of(part: Path) -> tuple[Path, int, int]:
+    """The disk of a partition's block device, its number and its first sector (sysfs)."""
+    sysdir = Path("/sys/class/block") / part.resolve().name
+    try:
+        number = int((sysdir / "partition").read_text())
+        start = int((sysdir / "start").read_text())
+    except (OSError, ValueError):
+        raise SsiError(f"{part} is not a partition (no {sysdir}/partition)") from None
+    return Path("/dev") / sysdir.resolve().parent.name, number, start
+
+
+def disk_boot_plan(part: Path) -> DiskBoot:
+    disk, number, _start = partition_of(part)
+    table = partition_table(str(disk))
+    kind = table.kind if table is not None else ""
+    with open(disk, "rb") as f:
+        head = f.read(SECTOR)
+    flags = [head[446 + 16 * i] for i in range(4)]
+    was_active = tuple(i + 1 for i, flag in enumerate(flags) if flag == 0x80 and i + 1 != number)
+    primary = kind == "dos" and number <= 4
+    return DiskBoot(disk, number, kind, write_mbr=kind == "dos" and not any(head[:440]),
+                    activate=primary and (flags[number - 1] != 0x80 or bool(was_active)),
+                    was_active=was_active if primary else ())
+
+
+def provision_partition(part: Path, *, fs: str = "ext4", label: str = "ssiboot",
+                        ext4_features: str = EXT4_FEATURES) -> tuple[Provisioned, DiskBoot]:
+    """A filesystem and extlinux on an existing partition, and what its disk
+    needs for the BIOS to reach it (DiskBoot). Everything on the partition is
+    lost; the disk's other partitions are not touched."""
+    if fs not in PART_TYPES:
+        raise SsiError(f"unknown filesystem {fs!r}", hint=f"use one of {', '.join(FILESYSTEMS)}")
+    _disk, _number, start = partition_of(part)
+    size = _checked_size(part, size_of(part))
+    plan = disk_boot_plan(part)
+    if fs == "vfat":
+        # The boot sector must say where the partition starts (hidden sectors):
+        # ldlinux.sys is found by absolute sector. mtools installs it unmounted,
+        # so no vfat module is needed here.
+        run(["mkfs.vfat", "-n", _fat_label(label), "-h", str(start), str(part)], capture=True)
+        run(["syslinux", "--install", str(part)], capture=True)
+        how = "mtools"
+    else:
+        _mkfs_extlinux(part, fs, label, ext4_features)
+        how = "block device"
+    plan.apply()
+    log.info("provisioned %s: %s %s, %d MiB, via %s", part, fs, label, size >> 20, how)
+    return Provisioned(part, fs, label, start * SECTOR, size, how, part), plan
 
 
 def _mkfs(part: Path, fs: str, label: str, ext4_features: str) -> None:
@@ -185,12 +308,12 @@ def _kernel_has(fs: str) -> bool:
     return run(["modprobe", "-q", fs], check=False, capture=True).returncode == 0
 
 
-def _size_of(target: Path) -> int:
+def size_of(target: Path) -> int:
     with open(target, "rb") as f:
         return f.seek(0, os.SEEK_END)
 
 
-def _is_partition(dev: Path) -> bool:
+def is_partition(dev: Path) -> bool:
     name = dev.resolve().name
     return Path(f"/sys/class/block/{name}/partition").exists()
 
@@ -245,7 +368,7 @@ def attach(target: Path) -> Iterator[tuple[Path, str]]:
     if node is None:
         _detach(loop, partx=False)
         start = START_SECTOR * SECTOR
-        loop = _losetup("--offset", str(start), "--sizelimit", str(_size_of(target) - start),
+        loop = _losetup("--offset", str(start), "--sizelimit", str(size_of(target) - start),
                         str(target))
         node, how = loop, "offset loop"
     try:

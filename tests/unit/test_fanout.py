@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from linuxrc_agent.disk_sync import EXTLINUX, FileId, LocalPair, PairMember, member_name
-from linuxrc_agent.ssitab import BootDev, BootDevKind, parse
+from linuxrc_agent.ssitab import parse
 from mkinitrd_ssi import localnode, pairspool
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.fanout import PushOptions, _Outcome, _Push, ssh_options_string
@@ -300,16 +300,6 @@ def test_foreign_spool_is_refused(tmp_path: Path) -> None:
 
 
 # -- the node's own partition
-
-
-def test_udev_names_for_bootdev(tmp_path: Path) -> None:
-    assert localnode.bootdev_candidates(BootDev(BootDevKind.LABEL, "ssi boot/1"), tmp_path) \
-        == [tmp_path / "disk/by-label/ssi\\x20boot\\x2f1"]
-    assert localnode.bootdev_candidates(BootDev(BootDevKind.UUID, "abcd-12ef"), tmp_path) \
-        == [tmp_path / "disk/by-uuid/abcd-12ef", tmp_path / "disk/by-uuid/ABCD-12EF"]
-    assert localnode.bootdev_candidates(BootDev(BootDevKind.PATH, "/dev/vda1"), tmp_path) \
-        == [tmp_path / "vda1"]
-    assert localnode.find_bootdev(BootDev(BootDevKind.LABEL, "nosuch"), tmp_path) is None
 
 
 def test_installed_pair_hashes_the_files_the_config_names(tmp_path: Path) -> None:
