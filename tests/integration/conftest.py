@@ -49,3 +49,13 @@ def nothing_left_behind() -> Iterator[None]:
     yield
     assert named_after_us() - before_names == set(), "namespaces or interfaces left behind"
     assert children() - before_children == set(), "processes left running"
+
+
+@pytest.fixture
+def no_loop_leaks(tmp_path: Path) -> Iterator[None]:
+    """After the test, no loop device may still hold a file under its tmp_path."""
+    yield
+    # Only our images: other users of this machine may hold loop devices.
+    mine = [line for line in run(["losetup", "-a"], capture=True).stdout.decode().splitlines()
+            if str(tmp_path) in line]
+    assert not mine, "loop devices left attached:\n" + "\n".join(mine)

@@ -12,7 +12,6 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,13 @@ import xxhash
 
 from linuxrc_agent.disk_sync import EXTLINUX, SyncStatus, hash_file, sync_boot_dir
 from mkinitrd_ssi.cpio import Archive
+from mkinitrd_ssi.lilo import main as lilo_ssi
 from mkinitrd_ssi.localsync import MBR_BIN, attach, local_only, mounted, provision
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices"),
-              pytest.mark.skipif(shutil.which("losetup") is None, reason="no losetup")]
+              pytest.mark.skipif(shutil.which("losetup") is None, reason="no losetup"),
+              pytest.mark.usefixtures("no_loop_leaks")]
 
 APPEND = "console=ttyS0,115200 panic=-1"
 MIB = 1 << 20
@@ -220,16 +221,38 @@ def test_disk_alone_boots_the_synced_pair(tmp_path: Path, shared: Path, vmlinuz:
     assert f"initrd=/{pair.initrd.name}" in console
 
 
+@pytest.mark.vm
+def test_a_partition_provisioned_by_lilo_ssi_boots(
+        tmp_path: Path, shared: Path, vmlinuz: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """lilo.ssi --provision on partition 1 of a disk as fdisk leaves it (boot code all
+    zero, nothing active, another partition after it), lilo.ssi --local-only --boot-dir
+    fills it, and the BIOS boots it: mbr.bin, the active flag and extlinux are all the
+    command's doing."""
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(160 * MIB)
+    subprocess.run(["sfdisk", "-q", str(image)], check=True,
+                   input=b"label: dos\nstart=2048, size=128M, type=83\ntype=83\n")
+    shutil.copyfile(vmlinuz, shared / "boot/vmlinuz")
+    k, i = shared / "boot/vmlinuz", make_initrd(shared / "boot/initrd.img", "provisioned",
+                                                 4 * MIB)
+    (shared / "etc/ssi").mkdir(parents=True)
+    (shared / "etc/ssi/cmdline").write_text(f"root=/dev/vda2 {APPEND}\n")
+    with attach(image) as (part, how):
+        assert how in ("partscan", "partx"), how  # a partition of a disk, not an offset loop
+        assert lilo_ssi(["--provision", str(part)]) == 0
+        with mounted(part) as mnt:
+            assert lilo_ssi(["--root", str(shared), "--local-only", "--boot-dir", str(mnt)]) == 0
+            check_pair(mnt, k, i)
+    out = capsys.readouterr().out
+    assert "put Syslinux's mbr.bin into the boot code" in out
+    assert "marked partition 1 active" in out and ": updated (" in out
+    fsck_clean(image)
+    console = boot_disk(image, tmp_path / "console.log")
+    assert "SSI-LOCAL-BOOT provisioned" in console, console[-3000:]
+    assert "root=/dev/vda2 console=ttyS0,115200 panic=-1" in console
+
+
 def _config(image: Path) -> bytes:
     with attach(image) as (part, _how), mounted(part, "ro") as mnt:
         return (mnt / "extlinux.conf").read_bytes()
-
-
-@pytest.fixture(autouse=True)
-def _no_loop_leaks(tmp_path: Path) -> Iterator[None]:
-    yield
-    # Only our images: other users of this machine may hold loop devices.
-    mine = [line for line in subprocess.run(["losetup", "-a"], capture_output=True,
-                                            text=True).stdout.splitlines()
-            if str(tmp_path) in line]
-    assert not mine, "loop devices left attached:\n" + "\n".join(mine)

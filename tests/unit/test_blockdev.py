@@ -5,7 +5,6 @@ what a device holds, and who uses it. No root: devices are files in a fake tree
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import subprocess
@@ -128,32 +127,21 @@ def system(tmp_path: Path) -> FakeSystem:
     return fake
 
 
-@pytest.fixture
-def info(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    logger = logging.getLogger("ssi")
-    logger.addHandler(caplog.handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    yield caplog
-    logger.setLevel(old)
-    logger.removeHandler(caplog.handler)
-
-
 def test_without_udev_the_agents_probe_finds_the_bootdev(
-        system: FakeSystem, run_dir: Path, info: pytest.LogCaptureFixture) -> None:
+        system: FakeSystem, run_dir: Path, ssi_log: pytest.LogCaptureFixture) -> None:
     def find(text: str) -> Path | None:
         return blockdev.find(spec(text), run_dir=run_dir, scanner=system.scanner())
 
     assert find("UUID=A1B2-C3D4") == system.dev / "sdb"
-    assert f"no {run_dir}/control: probing /proc/partitions and superblocks" in info.text
-    assert "found through the agent's probe" in info.text
+    assert f"no {run_dir}/control: probing /proc/partitions and superblocks" in ssi_log.text
+    assert "found through the agent's probe" in ssi_log.text
     assert find("LABEL=SSIBOOT") == system.dev / "sdb"  # vfat: any case
     assert find("LABEL=nosuch") is None
-    info.clear()
+    ssi_log.clear()
     # Three devices with one label (FAT's in any case): the first in /proc/partitions,
     # as at boot, and a warning.
     assert find("LABEL=ssiboot") == system.dev / "sda"
-    assert "3 devices match" in info.text and "as the agent does at boot" in info.text
+    assert "3 devices match" in ssi_log.text and "as the agent does at boot" in ssi_log.text
 
 
 def test_a_path_bootdev_must_be_a_block_device(tmp_path: Path) -> None:
