@@ -1,4 +1,4 @@
-"""disk_sync against the disk's own limits: unchanged check and sync of a kernel + ramdisk pair.
+"""The local sync (bootpair) against the disk's own limits: unchanged check and sync of a pair.
 
 The limits are measured in the same run, on the same filesystem, with dd:
 write bandwidth (conv=fsync) and cold read bandwidth. The floors follow:
@@ -32,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from linuxrc_agent.disk_sync import SyncStatus, sync_boot_dir
+from linuxrc_agent.bootpair.engine import sync_boot_dir
+from linuxrc_agent.nodeenv import SyncStatus
 from mkinitrd_ssi.localsync import attach, mounted, provision, publish_manifest
 
 MIB = 1 << 20

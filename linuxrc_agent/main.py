@@ -310,7 +310,7 @@ def _mount_checks(err: int, dev: str, fstype: str, rootflags: str) -> list[str]:
 
 
 def sync_boot_partition(boot: Boot) -> None:
-    """Local boot flag: make the local pair the shared root's default pair (disk_sync.py).
+    """Local boot flag: make the local pair the shared root's default pair (bootpair).
 
     Never fatal: whatever happens to the local disk, the node joins the
     cluster, and SSI_SYNC says what happened.
@@ -335,16 +335,16 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
         return "no-boot-partition", what
     fstype = found.fs.fstype
     _ensure_filesystem(boot, fstype)
-    # Imported here: disk_sync with xxhash and pathlib costs a thin node (most nodes)
+    # Imported here: bootpair with xxhash and pathlib costs a thin node (most nodes)
     # a few hundred milliseconds of boot under emulation, for nothing.
     from pathlib import Path
 
-    from linuxrc_agent import disk_sync
+    from linuxrc_agent.bootpair import engine, kargs
 
     c = boot.cmdline
     kernel = Path(NEWROOT + c.kernel)
     initrd = Path(NEWROOT + c.initrd)
-    append = disk_sync.local_append(_read_first_line("/proc/cmdline"))
+    append = kargs.local_append(_read_first_line("/proc/cmdline"))
     dev = found.dev.path
     try:
         # Read-only until the first write: an unchanged check leaves the disk untouched.
@@ -352,8 +352,8 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
             def writable() -> None:
                 mount(dev, BOOT_MNT, fstype, MS_REMOUNT, None)
 
-            result = disk_sync.sync_boot_dir(Path(BOOT_MNT), kernel, initrd, append,
-                                             root=Path(NEWROOT), before_write=writable)
+            result = engine.sync_boot_dir(Path(BOOT_MNT), kernel, initrd, append,
+                                          root=Path(NEWROOT), before_write=writable)
     except OSError as e:
         return "failed", f"{dev}: {e.strerror}"
     if result.status is nodeenv.SyncStatus.FAILED:

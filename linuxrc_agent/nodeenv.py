@@ -12,6 +12,8 @@ import os
 import re
 from dataclasses import dataclass, fields
 
+from linuxrc_agent import atomic
+
 PATH = "/run/ssi/node.env"
 
 
@@ -76,18 +78,5 @@ def quote(value: str) -> str:
 
 def write(env: NodeEnv, path: str = PATH) -> None:
     """Write `env` to `path` atomically: temp file, fsync, rename."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        data = env.render().encode()
-        while data:
-            data = data[os.write(fd, data):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    atomic.replace(path, env.render().encode())

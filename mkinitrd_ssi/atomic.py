@@ -1,41 +1,27 @@
-"""Crash-safe output files: temp file in the same directory, fsync, rename, fsync dir."""
+"""Crash-safe output files for the admin tools, on the one primitive (linuxrc_agent.atomic).
+
+Adds what the commands need on top: the parent directory made, a diff for
+--dry-run, a backup of the previous output, a checker run on the staged file,
+and errors worded as SsiError.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from linuxrc_agent import atomic
 from mkinitrd_ssi.errors import SsiError
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
 def staged_file(target: Path, mode: int = 0o644) -> Iterator[Path]:
     """Yield a temp path beside target; on clean exit fsync and rename it over target."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, mode)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic.staged(target, mode=mode) as tmp:
+        yield Path(tmp)
 
 
 def unified_diff(old: bytes | None, new: bytes, path: Path) -> str:

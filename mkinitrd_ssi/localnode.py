@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from linuxrc_agent import mac_match
-from linuxrc_agent.disk_sync import EXTLINUX, Bootloader, hash_file
+from linuxrc_agent.bootpair.extlinux import EXTLINUX
+from linuxrc_agent.bootpair.fileops import hash_file
+from linuxrc_agent.bootpair.pair import Bootloader
 from linuxrc_agent.ssitab import BootDev, Node, Ssitab
 from mkinitrd_ssi import blockdev
 from mkinitrd_ssi.errors import SsiError

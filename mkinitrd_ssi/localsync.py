@@ -25,15 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from linuxrc_agent.disk_sync import (
-    MANIFEST_NAME,
-    Manifest,
-    ManifestEntry,
-    SyncResult,
-    hash_file,
-    local_append,
-    sync_boot_dir,
-)
+from linuxrc_agent.bootpair.engine import SyncResult, sync_boot_dir
+from linuxrc_agent.bootpair.fileops import hash_file
+from linuxrc_agent.bootpair.kargs import local_append
+from linuxrc_agent.bootpair.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from linuxrc_agent.probe import partition_table
 from mkinitrd_ssi.atomic import replace_if_changed
 from mkinitrd_ssi.errors import SsiError

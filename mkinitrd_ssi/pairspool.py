@@ -4,10 +4,11 @@ spool directory it travels in.
 The admin stages `lilo.ssi-<id>/{vmlinuz,initrd.img,ssi-manifest.json}` and
 ClusterShell copies that one directory to every stale node. The path is the same
 on every node, so one worker serves them all (and, in tree mode, the payload
-crosses to each gateway once). The manifest is disk_sync's own format plus the
-kernel arguments, so disk_sync checks its copy against it as it would a shared
-root's. The node also checks the files before it installs anything: a transfer
-cut short must fail loudly, not become a short kernel on the disk.
+crosses to each gateway once). The manifest is the shared root's format
+(linuxrc_agent.bootpair.manifest) with the kernel arguments, so the sync
+checks its copy against it as it would a shared root's. The node also checks
+the files before it installs anything: a transfer cut short must fail loudly,
+not become a short kernel on the disk.
 """
 
 from __future__ import annotations
@@ -25,30 +26,21 @@ from typing import Any
 
 import xxhash
 
-from linuxrc_agent.disk_sync import (
+from linuxrc_agent.bootpair.fileops import hash_file
+from linuxrc_agent.bootpair.kargs import local_append
+from linuxrc_agent.bootpair.manifest import (
     MANIFEST_NAME,
-    FileId,
     Manifest,
     ManifestEntry,
-    hash_file,
-    local_append,
+    file_id_from_json,
+    file_id_json,
 )
+from linuxrc_agent.bootpair.pair import FileId
 from mkinitrd_ssi.errors import SsiError
 
 PREFIX = "lilo.ssi-"
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
-
-
-def _id_dict(ident: FileId) -> dict[str, Any]:
-    return {"size": ident.size, "xxh3_128": ident.xxh3_128}
-
-
-def _id_from(data: Any) -> FileId:
-    if not (isinstance(data, dict) and type(data.get("size")) is int
-            and isinstance(data.get("xxh3_128"), str)):
-        raise ValueError(f"not a size and hash: {data!r}")
-    return FileId(data["size"], data["xxh3_128"])
 
 
 @dataclass(frozen=True)
@@ -58,7 +50,7 @@ class Pair:
     append: str | None  # None: the node's boot config does not say
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kernel": _id_dict(self.kernel), "initrd": _id_dict(self.initrd),
+        return {"kernel": file_id_json(self.kernel), "initrd": file_id_json(self.initrd),
                 "append": self.append}
 
     @classmethod
@@ -68,7 +60,8 @@ class Pair:
         append = data.get("append")
         if append is not None and not isinstance(append, str):
             raise ValueError(f"bad append: {append!r}")
-        return cls(_id_from(data.get("kernel")), _id_from(data.get("initrd")), append)
+        return cls(file_id_from_json(data.get("kernel"), "kernel"),
+                   file_id_from_json(data.get("initrd"), "initrd"), append)
 
     def ident(self) -> str:
         canonical = json.dumps(self.as_dict(), sort_keys=True).encode()
@@ -81,7 +74,7 @@ class Pair:
 
 
 def wanted_pair(kernel: Path, initrd: Path, cmdline: str) -> Pair:
-    # disk_sync keeps the cluster arguments minus what a loader adds: compare
+    # The sync keeps the cluster arguments minus what a loader adds: compare
     # like with like, or every node would look stale forever.
     return Pair(hash_file(kernel), hash_file(initrd), local_append(cmdline))
 
@@ -106,10 +99,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def manifest_json(pair: Pair) -> bytes:
-    doc = json.loads(Manifest(ManifestEntry(KERNEL, pair.kernel),
-                              ManifestEntry(INITRD, pair.initrd)).to_json())
-    doc["append"] = pair.append
-    return (json.dumps(doc, indent=2) + "\n").encode()
+    return Manifest(ManifestEntry(KERNEL, pair.kernel),
+                    ManifestEntry(INITRD, pair.initrd)).to_json(pair.append)
 
 
 @contextlib.contextmanager
@@ -145,12 +136,10 @@ def receive(spool: Path) -> tuple[Path, Path, Pair]:
     _check_spool(spool)
     path = spool / MANIFEST_NAME
     try:
-        data = path.read_bytes()
-        manifest = Manifest.parse(data)
-        append = json.loads(data).get("append")
+        manifest, append = Manifest.parse_with_append(path.read_bytes())
     except (OSError, ValueError) as e:
         raise SsiError(f"{path}: unreadable manifest: {e}") from None
-    if not isinstance(append, str):
+    if append is None:
         raise SsiError(f"{path}: no kernel arguments (append)")
     kernel, initrd = spool / KERNEL, spool / INITRD
     for file, want in ((kernel, manifest.kernel.ident), (initrd, manifest.initrd.ident)):

@@ -21,7 +21,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from linuxrc_agent.disk_sync import MANIFEST_NAME
+from linuxrc_agent.bootpair.manifest import MANIFEST_NAME
 from mkinitrd_ssi.lilo import main as lilo
 from mkinitrd_ssi.localsync import provision
 from mkinitrd_ssi.mkinitrd import main as mkinitrd

@@ -33,7 +33,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from linuxrc_agent.disk_sync import EXTLINUX, SSI_DIR, hash_file
+from linuxrc_agent.bootpair.extlinux import EXTLINUX
+from linuxrc_agent.bootpair.fileops import hash_file
+from linuxrc_agent.bootpair.pair import SSI_DIR
 from mkinitrd_ssi.cpio import Entry, write_newc
 from mkinitrd_ssi.localsync import attach, local_only, mounted, provision, publish_manifest
 from mkinitrd_ssi.run import run

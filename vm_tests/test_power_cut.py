@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from linuxrc_agent.disk_sync import EXTLINUX, FileId, LocalPair, PairMember, member_name
+from linuxrc_agent.bootpair.extlinux import EXTLINUX
+from linuxrc_agent.bootpair.pair import FileId, LocalPair, PairMember, member_name
 from mkinitrd_ssi.localsync import attach, mounted
 from mkinitrd_ssi.run import run
 from vm_tests import powercut

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from linuxrc_agent.disk_sync import sync_boot_dir
+from linuxrc_agent.bootpair.engine import sync_boot_dir
 from linuxrc_agent.ssitab import BootDev, BootDevKind, Node
 from mkinitrd_ssi import localnode, pairspool
 from mkinitrd_ssi.localsync import local_only

@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from linuxrc_agent.disk_sync import EXTLINUX, SyncStatus, hash_file, sync_boot_dir
+from linuxrc_agent.bootpair.engine import sync_boot_dir
+from linuxrc_agent.bootpair.extlinux import EXTLINUX
+from linuxrc_agent.bootpair.fileops import hash_file
+from linuxrc_agent.nodeenv import SyncStatus
 from mkinitrd_ssi.cpio import Archive
 from mkinitrd_ssi.lilo import main as lilo_ssi
 from mkinitrd_ssi.localsync import MBR_BIN, attach, local_only, mounted, provision

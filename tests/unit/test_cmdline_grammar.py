@@ -17,8 +17,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from linuxrc_agent import cmdline
+from linuxrc_agent.bootpair.kargs import TRANSPORT_KEYS, local_append
 from linuxrc_agent.cmdline import CmdlineError, join, parse, tokenize, without
-from linuxrc_agent.disk_sync import TRANSPORT_KEYS, local_append
 from mkinitrd_ssi import netboot
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.lilo import main as lilo_main

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from linuxrc_agent.disk_sync import EXTLINUX, FileId, LocalPair, PairMember, member_name
+from linuxrc_agent.bootpair.extlinux import EXTLINUX
+from linuxrc_agent.bootpair.pair import FileId, LocalPair, PairMember, member_name
 from linuxrc_agent.ssitab import parse
 from mkinitrd_ssi import localnode, pairspool
 from mkinitrd_ssi.errors import SsiError

@@ -1,4 +1,4 @@
-"""disk_sync on a plain directory: what it writes, what it never writes, and power cuts.
+"""bootpair on a plain directory: what it writes, what it never writes, and power cuts.
 
 The crash tests inject a crash (a BaseException no handler catches, like a
 power cut) before every write, fsync, rename and unlink of a sync, and check
@@ -19,22 +19,14 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from linuxrc_agent import disk_sync
-from linuxrc_agent.disk_sync import (
-    EXTLINUX,
-    MANIFEST_NAME,
-    FileId,
-    FsOps,
-    LocalPair,
-    Manifest,
-    ManifestEntry,
-    SyncResult,
-    SyncStatus,
-    hash_file,
-    local_append,
-    resolve_in_root,
-    sync_boot_dir,
-)
+from linuxrc_agent.bootpair import engine, pair
+from linuxrc_agent.bootpair.engine import SyncResult, sync_boot_dir
+from linuxrc_agent.bootpair.extlinux import EXTLINUX
+from linuxrc_agent.bootpair.fileops import FsOps, hash_file, resolve_in_root
+from linuxrc_agent.bootpair.kargs import local_append
+from linuxrc_agent.bootpair.manifest import MANIFEST_NAME, Manifest, ManifestEntry
+from linuxrc_agent.bootpair.pair import FileId, LocalPair
+from linuxrc_agent.nodeenv import SyncStatus
 
 APPEND = "root=LABEL=ssiroot console=ttyS0,115200 ro"
 KB = 1024
@@ -332,7 +324,7 @@ def test_publish_completing_during_the_retry_is_picked_up(
         tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
     tree.publish(NEW_K, NEW_I)
     write_manifest(tree, kernel=ident(OLD_K))  # lilo.ssi has not finished yet
-    monkeypatch.setattr("linuxrc_agent.disk_sync.time.sleep", lambda _s: write_manifest(tree))
+    monkeypatch.setattr("linuxrc_agent.bootpair.engine.time.sleep", lambda _s: write_manifest(tree))
     result = tree.sync(attempts=3)
     assert result.status is SyncStatus.UPDATED, result.reason
     assert booted_pair(tree.part) == (ident(NEW_K), ident(NEW_I))
@@ -459,7 +451,7 @@ def test_read_back_mismatch_fails_before_commit(tree: Tree) -> None:
 
 
 class PowerCut(BaseException):
-    """Not an Exception: nothing in disk_sync may catch it, as nothing runs after a power cut."""
+    """Not an Exception: nothing in the sync may catch it, as nothing runs after a power cut."""
 
 
 @dataclass
@@ -560,7 +552,7 @@ def test_power_cut_before_every_step_leaves_a_bootable_pair(tmp_path: Path, firs
 
 def referenced_files_intact(part: Path) -> set[str]:
     """Every ssi/ file the config names exists and hashes to the hash in its name."""
-    names = disk_sync._referenced((part / "extlinux.conf").read_bytes())
+    names = engine._referenced((part / "extlinux.conf").read_bytes())
     assert len(names) == 2
     for name in names:
         assert hash_file(part / name).xxh3_128 == name.rsplit("-", 1)[1], f"{name} torn"
@@ -580,12 +572,12 @@ def test_power_cut_with_an_admin_edited_config_keeps_what_it_names(tmp_path: Pat
         is SyncStatus.UPDATED
     for cut in range(len(full.trace)):
         t = setup(f"cut{cut}")
-        old_names = disk_sync._referenced((t.part / "extlinux.conf").read_bytes())
+        old_names = engine._referenced((t.part / "extlinux.conf").read_bytes())
         with pytest.raises(PowerCut):
             t.sync(ops=Recorder(t.part, cut=cut))
         assert referenced_files_intact(t.part) in (old_names, {
-            disk_sync.member_name("kernel", ident(NEW_K).xxh3_128),
-            disk_sync.member_name("initrd", ident(NEW_I).xxh3_128)})
+            pair.member_name("kernel", ident(NEW_K).xxh3_128),
+            pair.member_name("initrd", ident(NEW_I).xxh3_128)})
 
 
 def test_members_renamed_before_a_cut_are_reused(tmp_path: Path) -> None:
@@ -754,8 +746,8 @@ def test_resolve_in_root(tmp_path: Path) -> None:
 
 
 def test_extlinux_serial_follows_the_last_console() -> None:
-    k = disk_sync.PairMember(disk_sync.member_name("kernel", "a" * 32), FileId(1, "a" * 32))
-    i = disk_sync.PairMember(disk_sync.member_name("initrd", "b" * 32), FileId(2, "b" * 32))
+    k = pair.PairMember(pair.member_name("kernel", "a" * 32), FileId(1, "a" * 32))
+    i = pair.PairMember(pair.member_name("initrd", "b" * 32), FileId(2, "b" * 32))
     cases: dict[str, str | None] = {
         "console=ttyS1,38400n8": "SERIAL 1 38400",
         "console=ttyS0": "SERIAL 0 9600",

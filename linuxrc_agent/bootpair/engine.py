@@ -1,8 +1,10 @@
-"""Keep a local boot partition's kernel and ramdisk identical to the shared root's default pair.
+"""The commit engine: keep a boot partition's pair identical to the shared root's default pair.
 
-Runs inside the boot agent (PID 1) and in `lilo.ssi --local-only`: standard
-library and xxhash only, no subprocess. It works on a directory; the caller
-mounts the partition (read-only first: see `before_write`).
+Runs inside the boot agent (PID 1, imported only for nodes with the local
+boot flag) and in `lilo.ssi --local-only`: standard library and xxhash only,
+no subprocess. It works on a directory; the caller mounts the partition
+(read-only first: see `before_write`). Bootloader-agnostic: the config's
+place and text come from a Bootloader (bootpair.extlinux, ...).
 
 On-disk layout of the partition (boot_dir):
 
@@ -10,14 +12,16 @@ On-disk layout of the partition (boot_dir):
     ssi/vmlinuz-<xxh3_128>    kernel, named by its content hash
     ssi/initrd-<xxh3_128>     ramdisk, likewise
     ssi/.tmp-<pid>-<role>     being written; never named by a config
-    .extlinux.conf.tmp-<pid>  the next config, being written
+    .extlinux.conf.*          the next config, being written (atomic.temp_name)
     ldlinux.sys, ldlinux.c32  extlinux itself (installed by provisioning, never touched here)
 
 extlinux.conf sits in the directory holding ldlinux.sys (extlinux searches its
 install directory first), at the partition's root when provisioned by
 `mkinitrd_ssi.localsync.provision`.
 
-Commit protocol (a power cut at any instant leaves the old pair or the new):
+Commit protocol (a power cut at any instant leaves the old pair or the new;
+the argument is in docs/architecture.md, "The local boot partition: commit
+protocol"):
 
  1. remove from ssi/ what the config on disk does not name (leftovers of an
     interrupted sync), fsync ssi/; a config we did not write keeps its files too
@@ -27,24 +31,23 @@ Commit protocol (a power cut at any instant leaves the old pair or the new):
     interrupted sync already renamed is verified by reading and reused.)
  3. fsync ssi/: both new names are durable
  4. write the new config to a temp file, fsync, rename over the config,
-    fsync its directory: the commit
+    fsync its directory (atomic.replace): the commit
  5. unlink the members of the old pair the new config does not name, fsync ssi/
 
 Before step 4 the config names the old pair, whose files steps 1-3 never
 touch; after it, the new pair, complete and verified since step 3.
 
-The shared root's manifest (MANIFEST_NAME beside the kernel, written atomically
-by lilo.ssi after it installs a pair) lists each member's name, size and
-xxh3_128. With it, the unchanged check compares the manifest with the hashes
-recorded in the config and reads only the two local files, once, to confirm
-they are intact; a sync copies a pair only if what it copied matches the
-manifest (else the shared root is mid-update: retry briefly, then SKIPPED).
+The shared root's manifest (bootpair.manifest) lists each member's name,
+size and xxh3_128. With it, the unchanged check compares the manifest with
+the hashes recorded in the config and reads only the two local files, once,
+to confirm they are intact; a sync copies a pair only if what it copied
+matches the manifest (else the shared root is mid-update: retry briefly,
+then SKIPPED).
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import fcntl
 import os
@@ -52,358 +55,40 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
 
 import xxhash
 
-from linuxrc_agent import cmdline
+from linuxrc_agent import atomic
+from linuxrc_agent.bootpair import kargs
+from linuxrc_agent.bootpair.extlinux import EXTLINUX
+from linuxrc_agent.bootpair.fileops import (
+    CHUNK,
+    FsOps,
+    hash_fd,
+    hash_file,
+    open_read,
+    read_small,
+    resolve_in_root,
+)
+from linuxrc_agent.bootpair.manifest import MANIFEST_NAME, Manifest
+from linuxrc_agent.bootpair.pair import (
+    ROLES,
+    SSI_DIR,
+    Bootloader,
+    FileId,
+    LocalPair,
+    PairMember,
+    member_name,
+)
 from linuxrc_agent.nodeenv import SyncStatus
 
-SSI_DIR = "ssi"
-MANIFEST_NAME = "ssi-manifest.json"
-MANIFEST_FORMAT = 1
-ROLES = ("kernel", "initrd")
-_PREFIX = {"kernel": "vmlinuz-", "initrd": "initrd-"}
 _TMP_PREFIX = ".tmp-"
-CHUNK = 1 << 20
-# x86 COMMAND_LINE_SIZE is 2048 including the terminating NUL.
-MAX_APPEND = 2047
-# Words a boot path adds by itself: persisting them would make the local
-# config differ between a netboot and a local boot, and rewrite it each time.
-TRANSPORT_KEYS = frozenset({"BOOT_IMAGE", "initrd", "BOOTIF", "ssi.bootif", "ssi.break"})
 
 
 @dataclass(frozen=True)
 class SyncResult:
     status: SyncStatus
     reason: str = ""
-
-
-# The records below are NamedTuples, not dataclasses: PID 1 imports this
-# module, and a NamedTuple class costs about half as much to create.
-
-
-class FileId(NamedTuple):
-    size: int
-    xxh3_128: str  # 32 lower-case hex digits
-
-
-class PairMember(NamedTuple):
-    name: str  # path relative to boot_dir, always ssi/<prefix><hash>
-    ident: FileId
-
-
-class LocalPair(NamedTuple):
-    kernel: PairMember
-    initrd: PairMember
-    append: str
-
-    def member(self, role: str) -> PairMember:
-        return self.kernel if role == "kernel" else self.initrd
-
-
-def member_name(role: str, digest: str) -> str:
-    return f"{SSI_DIR}/{_PREFIX[role]}{digest}"
-
-
-# ---------------------------------------------------------------- bootloaders
-
-
-class Bootloader(Protocol):
-    """What disk_sync needs of a bootloader: where its config lives, and its text.
-
-    `parse` returns None for any config it did not write byte for byte, so an
-    edited or foreign config is replaced, never trusted.
-    """
-
-    name: str
-
-    def config_path(self, boot_dir: Path) -> Path: ...
-
-    def render(self, pair: LocalPair) -> bytes: ...
-
-    def parse(self, data: bytes) -> LocalPair | None: ...
-
-
-class BootloaderKind(enum.Enum):
-    EXTLINUX = "extlinux"  # BIOS; GRUB (grub.cfg) and UEFI (loader/entries) fit the same protocol
-
-
-_HEADER = (
-    "# ssi-boot local boot partition, written by linuxrc (disk_sync) and lilo.ssi --local-only.\n"
-    "# Replaced whole at every sync: change the cluster's kernel arguments, not this file.\n"
-)
-
-
-class Extlinux:
-    name = BootloaderKind.EXTLINUX.value
-    # extlinux 6.04 reads <install dir>/extlinux.conf first, then /boot/syslinux,
-    # /syslinux, /; the install dir is wherever ldlinux.sys was put.
-    INSTALL_DIRS = ("", "extlinux", "boot/extlinux", "boot/syslinux", "syslinux")
-
-    def config_path(self, boot_dir: Path) -> Path:
-        for sub in self.INSTALL_DIRS:
-            if (boot_dir / sub / "ldlinux.sys").exists():
-                return boot_dir / sub / "extlinux.conf"
-        return boot_dir / "extlinux.conf"
-
-    def render(self, pair: LocalPair) -> bytes:
-        lines = [_HEADER]
-        for role in ROLES:
-            m = pair.member(role)
-            lines.append(f"# ssi-pair {role} {m.name} size={m.ident.size} "
-                         f"xxh3_128={m.ident.xxh3_128}\n")
-        serial = _serial_directive(pair.append)
-        if serial:
-            lines.append(serial + "\n")
-        lines.append(
-            "DEFAULT ssi\nPROMPT 0\nTIMEOUT 0\n"
-            "LABEL ssi\n"
-            f"  LINUX /{pair.kernel.name}\n"
-            f"  INITRD /{pair.initrd.name}\n"
-            f"  APPEND {pair.append}\n"
-        )
-        return "".join(lines).encode()
-
-    def parse(self, data: bytes) -> LocalPair | None:
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            return None
-        members: dict[str, PairMember] = {}
-        append = None
-        for line in text.splitlines():
-            if line.startswith("# ssi-pair "):
-                words = line.split()
-                if len(words) != 6 or words[2] not in ROLES:
-                    return None
-                size, digest = words[4].removeprefix("size="), words[5].removeprefix("xxh3_128=")
-                if not size.isdigit() or not _is_digest(digest):
-                    return None
-                members[words[2]] = PairMember(words[3], FileId(int(size), digest))
-            elif line.startswith("  APPEND "):
-                append = line[len("  APPEND "):]
-        if append is None or set(members) != set(ROLES):
-            return None
-        pair = LocalPair(members["kernel"], members["initrd"], append)
-        if any(pair.member(r).name != member_name(r, pair.member(r).ident.xxh3_128)
-               for r in ROLES):
-            return None
-        return pair if self.render(pair) == data else None
-
-
-EXTLINUX = Extlinux()
-
-
-def _serial_directive(append: str) -> str:
-    """SERIAL for the last console=ttySn[,baud], so the loader talks where the kernel will."""
-    serial = ""
-    for _raw, key, value in cmdline.tokenize(append).kernel:
-        if key == "console" and value is not None:
-            dev, _, opts = value.partition(",")
-            if dev.startswith("ttyS") and dev[4:].isdigit():
-                baud = "".join(c for c in opts.partition("n")[0] if c.isdigit()) or "9600"
-                serial = f"SERIAL {dev[4:]} {baud}"
-            else:
-                serial = ""
-    return serial
-
-
-def _is_digest(s: str) -> bool:
-    return len(s) == 32 and all(c in "0123456789abcdef" for c in s)
-
-
-def local_append(text: str) -> str:
-    """The kernel arguments for the local entry, from the agent's /proc/cmdline.
-
-    Drops the words a loader adds (BOOT_IMAGE=, initrd=, BOOTIF=, ssi.bootif=)
-    and one-off ssi.break, by key as the kernel reads them (a quoted
-    "ssi.break=root" too), so that booting from the network or from the disk
-    yields the same config and neither rewrites it.
-    """
-    args = cmdline.without(text, TRANSPORT_KEYS)
-    # PXELINUX's IPAPPEND puts BOOTIF= last, after init's `--` if there is one.
-    init = None if args.init is None else tuple(w for w in args.init if w.key != "BOOTIF")
-    # A line break inside quotes would end extlinux.conf's APPEND line early.
-    fits = [w for w in cmdline.words_of(cmdline.Args(args.kernel, init))
-            if all(c.isprintable() or c == " " for c in w.raw)]
-    return cmdline.join(fits, lenient=True)
-
-
-# ---------------------------------------------------------------- manifest
-
-
-class ManifestEntry(NamedTuple):
-    name: str  # as lilo.ssi was given it, relative to the manifest's directory
-    ident: FileId
-
-
-class Manifest(NamedTuple):
-    kernel: ManifestEntry
-    initrd: ManifestEntry
-
-    def entry(self, role: str) -> ManifestEntry:
-        return self.kernel if role == "kernel" else self.initrd
-
-    def to_json(self) -> bytes:
-        import json
-
-        doc: dict[str, object] = {"format": MANIFEST_FORMAT}
-        for role in ROLES:
-            e = self.entry(role)
-            doc[role] = {"name": e.name, "size": e.ident.size, "xxh3_128": e.ident.xxh3_128}
-        return (json.dumps(doc, indent=2) + "\n").encode()
-
-    @classmethod
-    def parse(cls, data: bytes) -> Manifest:
-        """Raises ValueError on anything but a complete manifest of a known format.
-
-        Keys it does not know are ignored: writers may add their own (lilo.ssi's
-        push spool adds the kernel arguments) without a new format number.
-        """
-        import json  # only nodes whose shared root carries a manifest pay for it
-
-        doc = json.loads(data)
-        if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"not a format {MANIFEST_FORMAT} manifest")
-        entries = []
-        for role in ROLES:
-            e = doc.get(role)
-            if (not isinstance(e, dict) or not isinstance(e.get("name"), str)
-                    or type(e.get("size")) is not int or e["size"] < 0
-                    or not isinstance(e.get("xxh3_128"), str) or not _is_digest(e["xxh3_128"])):
-                raise ValueError(f"bad or missing {role!r} entry")
-            entries.append(ManifestEntry(e["name"], FileId(e["size"], e["xxh3_128"])))
-        return cls(entries[0], entries[1])
-
-
-# ---------------------------------------------------------------- filesystem
-
-
-class FsOps:
-    """Every operation that changes the partition, and the reads of copies, in one place.
-
-    Tests subclass it to inject a crash or an error at any step and to check
-    the order of writes, fsyncs and renames.
-    """
-
-    def open_new(self, path: Path) -> int:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-
-    def write(self, fd: int, data: memoryview) -> int:
-        return os.write(fd, data)
-
-    def fsync(self, fd: int) -> None:
-        os.fsync(fd)
-
-    def close(self, fd: int) -> None:
-        os.close(fd)
-
-    def rename(self, src: Path, dst: Path) -> None:
-        os.rename(src, dst)
-
-    def unlink(self, path: Path) -> None:
-        os.unlink(path)
-
-    def mkdir(self, path: Path) -> None:
-        os.mkdir(path, 0o755)
-
-    def fsync_dir(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            # A few filesystems cannot fsync a directory; their renames are then
-            # as durable as they get.
-            if e.errno != errno.EINVAL:
-                raise
-        finally:
-            os.close(fd)
-
-    def readinto(self, fd: int, buf: bytearray) -> int:
-        return os.readv(fd, [buf])
-
-
-def open_read(path: Path) -> int:
-    """Open for reading without touching atime: an unchanged check writes nothing."""
-    flags = os.O_RDONLY | os.O_CLOEXEC
-    try:
-        return os.open(path, flags | os.O_NOATIME)
-    except PermissionError:
-        # O_NOATIME needs ownership or CAP_FOWNER; without it the caller's
-        # read-only mount is what keeps the disk untouched.
-        return os.open(path, flags)
-
-
-def _hash_fd(fd: int, ops: FsOps, buf: bytearray) -> FileId:
-    digest = xxhash.xxh3_128()
-    size = 0
-    view = memoryview(buf)
-    while n := ops.readinto(fd, buf):
-        digest.update(view[:n])
-        size += n
-    return FileId(size, digest.hexdigest())
-
-
-def _read_small(path: Path, limit: int = 1 << 20) -> bytes | None:
-    """A config or manifest; past limit it is no file of ours, and reading on only costs."""
-    try:
-        fd = open_read(path)
-    except FileNotFoundError:
-        return None
-    try:
-        chunks, size = [], 0
-        while size <= limit and (chunk := os.read(fd, 65536)):
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def hash_file(path: Path, ops: FsOps | None = None) -> FileId:
-    fd = open_read(path)
-    try:
-        return _hash_fd(fd, ops or FsOps(), bytearray(CHUNK))
-    finally:
-        os.close(fd)
-
-
-def resolve_in_root(path: Path, root: Path) -> Path:
-    """path with its symlinks followed as if root were /.
-
-    The shared root's /boot/vmlinuz -> /boot/vmlinuz-X, mounted on /newroot,
-    means /newroot/boot/vmlinuz-X, not the ramdisk's /boot/vmlinuz-X.
-    """
-    try:
-        rest = list(path.relative_to(root).parts)
-    except ValueError:
-        return path
-    out, hops = root, 0
-    while rest:
-        part = rest.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            out = out.parent if out != root else root
-            continue
-        candidate = out / part
-        if not candidate.is_symlink():
-            out = candidate
-            continue
-        hops += 1
-        if hops > 40:
-            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
-        target = os.readlink(candidate)
-        if target.startswith("/"):
-            out = root
-        rest = list(Path(target).parts) + rest
-        if rest and rest[0] == "/":
-            rest.pop(0)
-    return out
-
-
-# ---------------------------------------------------------------- sync
 
 
 class _Retry(Exception):
@@ -431,11 +116,11 @@ class _Sync:
     # -- reading
 
     def read_config(self) -> tuple[bytes | None, LocalPair | None]:
-        data = _read_small(self.config)
+        data = read_small(self.config)
         return data, None if data is None else self.loader.parse(data)
 
     def read_manifest(self) -> Manifest | None:
-        data = _read_small(self.manifest_path)
+        data = read_small(self.manifest_path)
         if data is None:
             return None
         try:
@@ -460,7 +145,7 @@ class _Sync:
         try:
             if os.fstat(fd).st_size != member.ident.size:
                 return False
-            return _hash_fd(fd, self.ops, self.buf) == member.ident
+            return hash_fd(fd, self.ops, self.buf) == member.ident
         finally:
             os.close(fd)
 
@@ -497,17 +182,17 @@ class _Sync:
 
     def clean(self, names: set[str]) -> int:
         """Remove from ssi/ all but names (temp files, pairs of an interrupted sync)."""
-        cfg_tmp = f".{self.config.name}.tmp-"
         removed = 0
-        for directory, prefix, only in ((self.ssi_dir, f"{SSI_DIR}/", ""),
-                                        (self.config.parent, "", cfg_tmp)):
+        for directory, prefix, config_temps in ((self.ssi_dir, f"{SSI_DIR}/", False),
+                                                (self.config.parent, "", True)):
             try:
                 entries = list(os.scandir(directory))
             except FileNotFoundError:
                 continue
+            # Beside the config, only its temp files: the rest is the bootloader's or the admin's.
             doomed = [Path(e.path) for e in entries
-                      if e.name.startswith(only) and prefix + e.name not in names
-                      and not e.is_dir(follow_symlinks=False)]
+                      if (not config_temps or atomic.is_temp_of(e.name, self.config.name))
+                      and prefix + e.name not in names and not e.is_dir(follow_symlinks=False)]
             for path in doomed:
                 self.ops.unlink(path)
             if doomed:
@@ -559,7 +244,7 @@ class _Sync:
             # The page cache still holds what was written: drop it so the hash is
             # of what the device returns.
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            got = _hash_fd(fd, self.ops, self.buf)
+            got = hash_fd(fd, self.ops, self.buf)
         finally:
             os.close(fd)
         if got != expect:
@@ -568,18 +253,7 @@ class _Sync:
                           f"bytes {expect.xxh3_128})", str(path))
 
     def commit(self, data: bytes) -> None:
-        tmp = self.config.with_name(f".{self.config.name}.tmp-{os.getpid()}")
-        fd = self.ops.open_new(tmp)
-        try:
-            view = memoryview(data)
-            done = 0
-            while done < len(data):
-                done += self.ops.write(fd, view[done:])
-            self.ops.fsync(fd)
-        finally:
-            self.ops.close(fd)
-        self.ops.rename(tmp, self.config)
-        self.ops.fsync_dir(self.config.parent)
+        atomic.replace(self.config, data, ops=self.ops)
 
     # -- the whole
 
@@ -724,12 +398,9 @@ def sync_boot_dir(
     there, so an unchanged boot leaves even the superblock untouched).
     attempts/retry_delay: how long a shared root that is mid-update is waited for.
     """
-    if any(c in append for c in "\n\r\0"):
-        return SyncResult(SyncStatus.FAILED, "kernel arguments must be one line")
-    if len(append.encode()) > MAX_APPEND:
-        return SyncResult(SyncStatus.FAILED,
-                          f"kernel arguments are {len(append.encode())} bytes, "
-                          f"the kernel takes {MAX_APPEND}")
+    bad = kargs.problem(append)
+    if bad is not None:
+        return SyncResult(SyncStatus.FAILED, bad)
     if not boot_dir.is_dir():
         return SyncResult(SyncStatus.FAILED, f"{boot_dir} is not a directory")
     manifest_path = manifest or kernel.parent / MANIFEST_NAME
