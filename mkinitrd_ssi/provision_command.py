@@ -18,7 +18,7 @@ from pathlib import Path
 
 from linuxrc_agent.partitions import BlockDev, Probed, matches
 from linuxrc_agent.probe import Filesystem, partition_table, probe
-from linuxrc_agent.ssitab import Node, parse_bootdev
+from linuxrc_agent.ssitab import BootDevKind, Node, parse_bootdev
 from mkinitrd_ssi import blockdev, cli, localnode
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.localsync import (
@@ -71,7 +71,7 @@ def _this_node(args: argparse.Namespace) -> Node | None:
 
 def default_label(node: Node | None) -> str:
     """This node's LABEL= bootdev from ssitab, so its agent finds the partition; else ssiboot."""
-    if node is not None and node.bootdev is not None and node.bootdev.kind.value == "LABEL":
+    if node is not None and node.bootdev is not None and node.bootdev.kind is BootDevKind.LABEL:
         return node.bootdev.value
     return DEFAULT_LABEL
 

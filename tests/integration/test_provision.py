@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from linuxrc_agent import mac_match
 from linuxrc_agent.probe import partition_table, probe
 from mkinitrd_ssi.lilo import main
 from mkinitrd_ssi.localsync import MBR_BIN, attach, mounted
@@ -168,6 +169,40 @@ def test_provision_a_partition_of_a_loop_attached_image(
     with open(part, "rb") as f:
         assert int.from_bytes(f.read(32)[28:32], "little") == 2048
     assert second_partition(two_partitions) == other
+
+
+def test_provision_a_whole_disk_and_say_when_ssitab_does_not_name_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A block device that is a whole disk (a loop device here, /dev/sdb on a node)."""
+    nics = mac_match.local_nics()
+    if not nics:
+        pytest.skip("this machine has no Ethernet NIC to be a node by")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/ssitab").write_text(f"4  10.77.0.14/24  {nics[0].mac}  1  LABEL=n4boot\n")
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * MiB)
+    disk = Path(subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                               capture_output=True, text=True).stdout.strip())
+    try:
+        assert main(["--root", str(tmp_path), "--provision", str(disk), "--label", "other"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        part = next(Path(line.split()[1]) for line in lines if line.startswith("provisioned"))
+        assert lines[0].startswith(f"provisioned {part} (partition 1 of {disk}, new dos table, "
+                                   "Syslinux's mbr.bin): ext4 LABEL=other UUID=")
+        assert lines[0].endswith("next: lilo.ssi --local-only fills it now, or reboot: the "
+                                 "agent fills it")
+        assert lines[1] == ("note: node 4's bootdev in ssitab is LABEL=n4boot, which is not "
+                            "this partition: make it LABEL=other, or its agent will not find it")
+        fsck(part)
+        # Its default label is the node's own: no note then.
+        assert main(["--root", str(tmp_path), "--provision", str(disk), "--force"]) == 0
+        out = capsys.readouterr().out
+        assert "ext4 LABEL=n4boot UUID=" in out and "note:" not in out
+    finally:
+        subprocess.run(["partx", "--delete", str(disk)], check=False, capture_output=True)
+        subprocess.run(["losetup", "--detach", str(disk)], check=True)
+    assert image.read_bytes()[:440] == MBR and flags(image) == [0x80, 0, 0, 0]
 
 
 def test_a_device_in_use_is_refused_even_with_force(
