@@ -19,35 +19,33 @@ Measured under QEMU TCG, Debian 6.1 cloud kernel, the builder's default set
 
 `missing_drivers` matches devices that no driver claimed against the
 kernel's full modules.alias, so the agent can name the module to add.
+
+Names, .modinfo and alias patterns are read by kmodinfo, which the builder
+shares, so that both agree on what a module is called and what it drives.
 """
 
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
-import struct
 import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from linuxrc_agent import console
+from linuxrc_agent.kmodinfo import (
+    AliasIndex,
+    ModInfo,
+    canonical,
+    compression,
+    module_name,
+    read_alias_file,
+    read_modinfo,
+)
 from linuxrc_agent.syscalls import MODULE_INIT_COMPRESSED_FILE, finit_module
 
 ORDER_FILE = "/etc/ssi/modules"
 KVER_FILE = "/etc/ssi/kver"
-_COMPRESSED = (".ko.xz", ".ko.zst", ".ko.gz")
-_WILDCARDS = "*?["
-
-
-def module_name(path: str) -> str:
-    """`/lib/modules/K/kernel/.../crc32c-intel.ko.zst` -> `crc32c_intel` (the kernel's spelling)."""
-    base = os.path.basename(path)
-    for suffix in (*_COMPRESSED, ".ko"):
-        if base.endswith(suffix):
-            base = base[:-len(suffix)]
-            break
-    return base.replace("-", "_")
 
 
 def read_order(path: str = ORDER_FILE) -> list[str]:
@@ -66,115 +64,7 @@ def loaded_modules(path: str = "/proc/modules") -> set[str]:
         return set()
 
 
-# --- .modinfo -------------------------------------------------------------------------
-
-
-class ModInfo(NamedTuple):
-    name: str
-    path: str
-    aliases: tuple[str, ...] = ()
-    depends: tuple[str, ...] = ()
-    softdeps: tuple[str, ...] = ()  # pre: and post: alike; names or aliases
-
-
-def read_modinfo(path: str) -> ModInfo:
-    """Parse the .modinfo section of an uncompressed ELF64 little-endian .ko (x86_64).
-
-    Raises ValueError for anything else (the caller falls back to loading all).
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        ehdr = os.pread(fd, 64, 0)
-        if ehdr[:6] != b"\x7fELF\x02\x01":
-            raise ValueError(f"{path}: not an ELF64 little-endian object")
-        shoff, = struct.unpack_from("<Q", ehdr, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", ehdr, 0x3A)
-        if shentsize < 64 or not 0 < shnum < 4096 or shstrndx >= shnum:
-            raise ValueError(f"{path}: bad section header table")
-        shdrs = os.pread(fd, shentsize * shnum, shoff)
-
-        def section(i: int) -> tuple[int, int, int]:
-            name, _, _, _, offset, size = struct.unpack_from("<IIQQQQ", shdrs, i * shentsize)
-            return name, offset, size
-
-        _, str_off, str_size = section(shstrndx)
-        names = os.pread(fd, str_size, str_off)
-        for i in range(shnum):
-            name_off, offset, size = section(i)
-            if names[name_off:name_off + 9] == b".modinfo\0":
-                return _parse_modinfo(path, os.pread(fd, size, offset))
-        raise ValueError(f"{path}: no .modinfo section")
-    except struct.error as e:
-        raise ValueError(f"{path}: truncated ELF ({e})") from None
-    finally:
-        os.close(fd)
-
-
-def _parse_modinfo(path: str, data: bytes) -> ModInfo:
-    name = module_name(path)
-    aliases: list[str] = []
-    depends: list[str] = []
-    softdeps: list[str] = []
-    for item in data.split(b"\0"):
-        key, sep, raw = item.partition(b"=")
-        if not sep:
-            continue
-        value = raw.decode("utf-8", "replace")
-        if key == b"name":
-            name = value
-        elif key == b"alias":
-            aliases.append(value)
-        elif key == b"depends":
-            depends.extend(d for d in value.split(",") if d)
-        elif key == b"softdep":
-            softdeps.extend(w for w in value.split() if not w.endswith(":"))
-    return ModInfo(name, path, tuple(aliases), tuple(depends), tuple(softdeps))
-
-
-# --- modalias matching ----------------------------------------------------------------
-
-
-class AliasIndex:
-    """fnmatch patterns of module aliases, indexed by their literal prefix.
-
-    A device's modalias is then checked only against the patterns whose
-    literal start it begins with: a few fnmatch calls instead of thousands.
-    """
-
-    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
-        self._by_prefix: dict[str, list[tuple[str, str]]] = {}
-        self._longest = 0
-        for pattern, module in pairs:
-            self.add(pattern, module)
-
-    def add(self, pattern: str, module: str) -> None:
-        cut = min((i for i in (pattern.find(c) for c in _WILDCARDS) if i >= 0),
-                  default=len(pattern))
-        prefix = pattern[:cut]
-        self._by_prefix.setdefault(prefix, []).append((pattern, module))
-        self._longest = max(self._longest, len(prefix))
-
-    def match(self, modalias: str) -> set[str]:
-        found = set()
-        for i in range(min(len(modalias), self._longest) + 1):
-            for pattern, module in self._by_prefix.get(modalias[:i], ()):
-                if fnmatch.fnmatchcase(modalias, pattern):
-                    found.add(module)
-        return found
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self._by_prefix.values())
-
-
-def read_alias_file(path: str) -> list[tuple[str, str]]:
-    """(pattern, module) pairs of a depmod modules.alias file."""
-    pairs = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            words = line.split()
-            if len(words) == 3 and words[0] == "alias":
-                pairs.append((words[1], words[2]))
-    return pairs
+# --- devices --------------------------------------------------------------------------
 
 
 class Device(NamedTuple):
@@ -246,7 +136,7 @@ class Loader:
                  proc_modules: str = "/proc/modules") -> None:
         self.order = order
         self.params = params or {}
-        self.blacklist = {n.replace("-", "_") for n in blacklist}
+        self.blacklist = {canonical(n) for n in blacklist}
         self.sys = sys
         self.proc_modules = proc_modules
         self.by_name = {module_name(p): p for p in order}
@@ -274,7 +164,7 @@ class Loader:
         """Carried module names for names or aliases (softdeps may name aliases)."""
         out = set()
         for name in names:
-            norm = name.replace("-", "_")
+            norm = canonical(name)
             if norm in self.by_name:
                 out.add(norm)
             else:
@@ -368,7 +258,7 @@ class Loader:
 
 def load_file(path: str, params: str = "") -> int:
     """finit_module one file: 0 when loaded, else the errno (EEXIST: it already was)."""
-    flags = MODULE_INIT_COMPRESSED_FILE if path.endswith(_COMPRESSED) else 0
+    flags = MODULE_INIT_COMPRESSED_FILE if compression(path) else 0
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:

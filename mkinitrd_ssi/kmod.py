@@ -6,15 +6,16 @@ softdeps that name an alias, such as crypto-crc32c) and modules.builtin /
 modules.builtin.modinfo (built into the kernel: nothing to load). Compressed
 modules (.ko.xz, .ko.zst, .ko.gz) are decompressed at build time so that the
 agent needs no decompressor and the kernel no in-kernel one.
+
+Module names, .modinfo sections and alias patterns are read by
+linuxrc_agent.kmodinfo, the reader the agent uses too.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import gzip
 import lzma
 import os
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 import xxhash
 import zstandard
 
+from linuxrc_agent import kmodinfo
+from linuxrc_agent.kmodinfo import AliasIndex, canonical, module_name, split_softdep
 from mkinitrd_ssi.atomic import staged_file
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.run import log
@@ -29,21 +32,6 @@ from mkinitrd_ssi.run import log
 # What a cluster node may boot from or through: NICs, disk controllers, filesystems.
 DEFAULT_MODULES = ("virtio_net", "virtio_blk", "virtio_pci", "virtio_scsi", "e1000", "e1000e",
                    "igb", "ixgbe", "ahci", "nvme", "sd_mod", "ext4", "xfs", "vfat", "nfs")
-
-_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz", ".ko")
-
-
-def canonical(name: str) -> str:
-    """Module names treat '-' and '_' alike; the kernel reports them with '_'."""
-    return name.strip().replace("-", "_")
-
-
-def _name_of(relpath: str) -> str:
-    base = relpath.rpartition("/")[2]
-    for suffix in _SUFFIXES:
-        if base.endswith(suffix):
-            return canonical(base[: -len(suffix)])
-    return canonical(base)
 
 
 @dataclass(frozen=True)
@@ -54,10 +42,7 @@ class Module:
 
     @property
     def compression(self) -> str | None:
-        for suffix in (".xz", ".zst", ".gz"):
-            if self.relpath.endswith(".ko" + suffix):
-                return suffix[1:]
-        return None
+        return kmodinfo.compression(self.relpath)
 
     @property
     def installed(self) -> str:
@@ -95,11 +80,11 @@ class ModuleIndex:
                 continue
             # Old depmods wrote absolute paths.
             paths = [p.removeprefix(prefix) for p in [path, *rest.split()]]
-            name = _name_of(paths[0])
-            self.modules[name] = Module(name, paths[0], tuple(_name_of(p) for p in paths[1:]))
-        self.builtin = {_name_of(line) for line in self._lines("modules.builtin")}
+            name = module_name(paths[0])
+            self.modules[name] = Module(name, paths[0], tuple(module_name(p) for p in paths[1:]))
+        self.builtin = {module_name(line) for line in self._lines("modules.builtin")}
         self.softdeps = self._softdeps()
-        self._aliases: list[tuple[str, str, str]] | None = None
+        self._aliases: AliasIndex | None = None
         self._builtin_aliases: set[str] | None = None
 
     def _lines(self, name: str) -> list[str]:
@@ -115,41 +100,30 @@ class ModuleIndex:
             if len(words) < 2 or words[0] != "softdep":
                 continue
             pre, post = out.setdefault(canonical(words[1]), ([], []))
-            mode: list[str] | None = None
-            for w in words[2:]:
-                if w == "pre:":
-                    mode = pre
-                elif w == "post:":
-                    mode = post
-                elif mode is not None:
-                    # Like modprobe, words before any pre:/post: are ignored.
-                    mode.append(w)
+            # Like modprobe, words before any pre:/post: are ignored.
+            _, more_pre, more_post = split_softdep(words[2:])
+            pre += more_pre
+            post += more_post
         return out
 
-    def aliases(self) -> list[tuple[str, str, str]]:
-        """(literal prefix, pattern, module) for every alias line."""
+    def aliases(self) -> AliasIndex:
+        """The patterns of modules.alias, in file order."""
         if self._aliases is None:
-            self._aliases = []
-            for line in self._lines("modules.alias"):
-                words = line.split()
-                if len(words) == 3 and words[0] == "alias":
-                    pattern = words[1]
-                    cut = min((i for c in "*?[" if (i := pattern.find(c)) >= 0),
-                              default=len(pattern))
-                    self._aliases.append((pattern[:cut], pattern, canonical(words[2])))
+            try:
+                pairs = kmodinfo.read_alias_file(self.moddir / "modules.alias")
+            except FileNotFoundError:
+                pairs = []
+            self._aliases = AliasIndex((p, canonical(m)) for p, m in pairs)
         return self._aliases
 
     def builtin_aliases(self) -> set[str]:
         if self._builtin_aliases is None:
-            self._builtin_aliases = set()
             try:
                 raw = (self.moddir / "modules.builtin.modinfo").read_bytes()
             except FileNotFoundError:
                 raw = b""
-            for item in raw.split(b"\0"):
-                _, sep, value = item.decode(errors="replace").partition(".alias=")
-                if sep:
-                    self._builtin_aliases.add(value)
+            self._builtin_aliases = {value for key, value in kmodinfo.parse_pairs(raw)
+                                     if key.endswith(".alias")}  # MODULE.alias=ALIAS
         return self._builtin_aliases
 
     def resolve(self, name: str) -> list[str] | None:
@@ -159,9 +133,9 @@ class ModuleIndex:
             return [c]
         if c in self.builtin:
             return []
-        # The literal prefix check first: compiling thousands of glob patterns is slow.
-        hits = dict.fromkeys(m for prefix, pattern, m in self.aliases()
-                             if name.startswith(prefix) and fnmatch.fnmatchcase(name, pattern))
+        # In modules.alias order: it decides which of two providers (crc32c_intel,
+        # crc32c_generic) loads first.
+        hits = self.aliases().lookup(name)
         mods = [h for h in hits if h in self.modules]
         if mods:
             return mods
@@ -273,46 +247,14 @@ def materialize(moddir: Path, module: Module, cache: Path) -> Path:
     return out
 
 
-def _section(data: bytes, wanted: bytes) -> bytes:
-    """One section's bytes of an ELF relocatable object, by name; b"" when absent.
-
-    Read with struct rather than pyelftools, which costs ~7 ms a module: this runs
-    for every module of every build.
-    """
-    if data[:4] != b"\x7fELF" or data[4] not in (1, 2) or data[5] not in (1, 2):
-        raise ValueError("not an ELF file")
-    is64, end = data[4] == 2, "<" if data[5] == 1 else ">"
-    if is64:
-        shoff, = struct.unpack_from(end + "Q", data, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", data, 0x3A)
-        fmt = end + "IIQQQQ"  # sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size
-    else:
-        shoff, = struct.unpack_from(end + "I", data, 0x20)
-        shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", data, 0x2E)
-        fmt = end + "IIIIII"
-    headers = [struct.unpack_from(fmt, data, shoff + i * shentsize) for i in range(shnum)]
-    names_at, names_size = headers[shstrndx][4], headers[shstrndx][5]
-    names = data[names_at:names_at + names_size]
-    for name, _, _, _, offset, size in headers:
-        if names[name:names.index(b"\0", name)] == wanted:
-            return data[offset:offset + size]
-    return b""
-
-
 def modinfo(path: Path) -> list[tuple[str, str]]:
     """The key=value pairs of a plain .ko's .modinfo section, in order."""
     try:
-        raw = _section(path.read_bytes(), b".modinfo")
-    except (OSError, ValueError, IndexError, struct.error) as e:
+        return kmodinfo.modinfo(path.read_bytes())
+    except (OSError, ValueError) as e:
         raise SsiError(f"{path}: cannot read module info: {e}") from None
-    pairs = []
-    for item in raw.split(b"\0"):
-        key, sep, value = item.decode(errors="replace").partition("=")
-        if sep:
-            pairs.append((key, value))
-    return pairs
 
 
 def firmware(path: Path) -> list[str]:
     """Firmware files the module may request (relative to /lib/firmware)."""
-    return [value for key, value in modinfo(path) if key == "firmware"]
+    return list(kmodinfo.ModInfo.from_pairs(str(path), modinfo(path)).firmware)

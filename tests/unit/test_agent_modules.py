@@ -17,16 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linuxrc_agent import modules
-from linuxrc_agent.modules import (
-    AliasIndex,
-    Loader,
-    devices,
-    missing_drivers,
-    module_name,
-    read_alias_file,
-    read_modinfo,
-    read_order,
-)
+from linuxrc_agent.kmodinfo import AliasIndex, module_name, read_alias_file, read_modinfo
+from linuxrc_agent.modules import Loader, devices, missing_drivers, read_order
 
 
 def make_ko(path: Path, *items: str) -> Path:
