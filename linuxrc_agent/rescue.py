@@ -17,7 +17,9 @@ from linuxrc_agent.syscalls import RB_AUTOBOOT, reboot
 SHELL = "/bin/sh"
 REBOOT_DELAY = 10.0
 TIOCSCTTY = 0x540E  # x86_64 ioctl number
-SHELL_ENV = {"PATH": "/bin:/sbin:/usr/bin:/usr/sbin", "PS1": "(linuxrc rescue) \\w # "}
+# An interactive ash reads $ENV: the prompt and the hints live in the image's /etc/profile
+# (ramdisk_skel/), where an admin can replace them (ROOT/etc/ssi/ramdisk.d/etc/profile).
+SHELL_ENV = {"PATH": "/bin:/sbin:/usr/bin:/usr/sbin", "ENV": "/etc/profile"}
 
 
 def shell_available(shell: str = SHELL) -> bool:

@@ -9,10 +9,11 @@ contents always give the same bytes, whatever the source files' metadata.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -76,6 +77,18 @@ class Archive:
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
+        # Which part of the build added each entry (the image's manifest keeps it).
+        self.origins: dict[str, str] = {}
+        self._origin = "generated"
+
+    @contextlib.contextmanager
+    def origin(self, name: str) -> Iterator[None]:
+        """Record `name` as the origin of every entry added inside the block."""
+        outer, self._origin = self._origin, name
+        try:
+            yield
+        finally:
+            self._origin = outer
 
     def __contains__(self, path: str) -> bool:
         return clean_path(path) in self.entries
@@ -101,7 +114,13 @@ class Archive:
         if parent:
             self.dir(parent)
         self.entries[path] = entry
+        self.origins[path] = self._origin
         return True
+
+    def remove(self, path: str) -> None:
+        path = clean_path(path)
+        del self.entries[path]
+        del self.origins[path]
 
     def dir(self, path: str, mode: int = 0o755) -> None:
         path = clean_path(path)
@@ -128,38 +147,37 @@ class Archive:
     def device(self, path: str, kind: int, major: int, minor: int, mode: int) -> bool:
         return self.add(Entry(path, kind | mode, rdev=(major, minor)))
 
-    def tree(self, source: Path, dest: str, *, skip_existing: bool = False) -> list[str]:
-        """Copy a directory tree (symlinks kept as symlinks) under dest.
+    def put(self, path: str, source: Path, mode: int | None = None) -> bool:
+        """A host file or symlink (kept as a symlink) at path."""
+        if source.is_symlink():
+            return self.symlink(path, os.readlink(source))
+        if source.is_file():
+            return self.file(path, source, mode)
+        raise SsiError(f"{source}: not a regular file, directory or symlink")
 
-        With skip_existing, a path already present is left alone; the skipped
-        paths are returned so the caller can say so.
-        """
-        skipped: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(source):
-            dirnames.sort()
-            base = Path(dirpath)
-            rel = base.relative_to(source)
-            here = f"{dest}/{rel}" if str(rel) != "." else dest
-            if here.strip("/"):
-                self.dir(here, stat.S_IMODE(base.stat().st_mode))
-            for name in sorted(dirnames + filenames):
-                src = base / name
-                path = f"{here}/{name}"
-                if name in dirnames and not src.is_symlink():
-                    continue
-                if skip_existing and path in self:
-                    skipped.append(clean_path(path))
-                    continue
-                if src.is_symlink():
-                    self.symlink(path, os.readlink(src))
-                elif src.is_file():
-                    self.file(path, src)
-                else:
-                    raise SsiError(f"{src}: not a regular file, directory or symlink")
-        return skipped
+    def tree(self, source: Path, dest: str) -> None:
+        """Copy a directory tree (symlinks kept as symlinks) under dest."""
+        if dest.strip("/"):
+            self.dir(dest, stat.S_IMODE(source.stat().st_mode))
+        for rel, src in walk(source):
+            if src.is_dir() and not src.is_symlink():
+                self.dir(f"{dest}/{rel}", stat.S_IMODE(src.stat().st_mode))
+            else:
+                self.put(f"{dest}/{rel}", src)
 
     def write(self, out: BinaryIO, epoch: int = 0) -> int:
         return write_newc(self.entries.values(), out, epoch)
+
+
+def walk(source: Path) -> Iterator[tuple[str, Path]]:
+    """Every directory, file and symlink under source, parents first, names sorted:
+    (path relative to source, host path). Symlinks to directories are not followed."""
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        base = Path(dirpath)
+        rel = base.relative_to(source)
+        for name in sorted(dirnames + filenames):
+            yield str(rel / name), base / name
 
 
 def _header(ino: int, mode: int, nlink: int, mtime: int, size: int, rdev: tuple[int, int],

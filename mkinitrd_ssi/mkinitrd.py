@@ -1,4 +1,5 @@
-"""mkinitrd.ssi: the node ramdisk: frozen agent, its libraries, busybox, modules, ssitab.
+"""mkinitrd.ssi: the node ramdisk: frozen agent, its libraries, busybox, modules, ssitab,
+the static skeleton and the admin's additions; a manifest inside says where each came from.
 
 Then, as the seed did, mkdhcpd.ssi: whoever rebuilds the ramdisk after an
 ssitab edit wants the DHCP server to know the new nodes too.
@@ -7,17 +8,19 @@ ssitab edit wants the DHCP server to know the new nodes too.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import os
 import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import linuxrc_agent
 from mkinitrd_ssi import cli, elf, freeze, image, kmod, mkdhcpd
 from mkinitrd_ssi.atomic import replace_if_changed
-from mkinitrd_ssi.cpio import Archive
+from mkinitrd_ssi.cpio import Archive, Member, walk
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.image import Compression
 from mkinitrd_ssi.run import log
@@ -25,13 +28,26 @@ from mkinitrd_ssi.run import log
 PROG = "mkinitrd.ssi"
 AGENT_DIR = "/ssi/agent"
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: no libraries, every applet
-SKEL = Path(__file__).resolve().parent.parent / "ramdisk_skel"
+RAMDISK_D = "/etc/ssi/ramdisk.d"  # an admin's files, on top of the packaged skeleton
+MANIFEST = "etc/ssi/image.manifest"  # path<TAB>origin of every member: --list -v reads it
 AGENT_PACKAGE = Path(linuxrc_agent.__file__).resolve().parent
 DIRS = ("bin", "dev", "etc", "etc/ssi", "lib", "mnt", "newroot", "proc", "run", "sys")
 # As gen_init_cpio ships them: a frozen Python dies without /dev/urandom before devtmpfs.
 DEVICES = (("dev/console", 5, 1, 0o600), ("dev/null", 1, 3, 0o666),
            ("dev/urandom", 1, 9, 0o666), ("dev/random", 1, 8, 0o666),
            ("dev/kmsg", 1, 11, 0o644))
+
+
+def packaged_skel() -> Path:
+    """ramdisk_skel/: package data of an installed wheel (setup.py puts it there), else the
+    top-level directory of the checkout this module runs from (an editable install)."""
+    inside = importlib.resources.files(__package__) / "ramdisk_skel"
+    if isinstance(inside, Path) and inside.is_dir():
+        return inside
+    return Path(__file__).resolve().parent.parent / "ramdisk_skel"
+
+
+SKEL = packaged_skel()
 
 
 def _comma_list(value: str) -> list[str]:
@@ -41,7 +57,9 @@ def _comma_list(value: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.common_parser(PROG, "Build the node ramdisk: the frozen boot agent as /init "
                                "(and /linuxrc), its shared libraries, busybox, the kernel "
-                               "modules a node needs and the node table; then run mkdhcpd.ssi.")
+                               "modules a node needs and the node table, the packaged "
+                               f"skeleton (ramdisk_skel/) and the admin's files from ROOT"
+                               f"{RAMDISK_D}/ on top; then run mkdhcpd.ssi.")
     kernel = parser.add_mutually_exclusive_group()
     kernel.add_argument("--kver", metavar="KVER",
                         help="kernel whose modules to ship, from ROOT/lib/modules/KVER "
@@ -64,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-busybox", action="store_true",
                         help="no busybox: no rescue shell in the ramdisk")
     parser.add_argument("--no-dhcpd", action="store_true", help="do not run mkdhcpd.ssi after")
+    parser.add_argument("--skel", action="append", type=Path, default=[], metavar="DIR",
+                        help="copy DIR's tree into the image on top of the packaged skeleton, "
+                        f"instead of ROOT{RAMDISK_D}; repeatable, a later DIR wins over an "
+                        "earlier one; never over a file the builder writes itself")
     parser.add_argument("--list", type=Path, metavar="IMAGE",
-                        help="list what IMAGE holds (mode, size, path, link target); build nothing")
+                        help="print the member paths of IMAGE, one a line; with -v also mode, "
+                        "size, link target and where each came from; build nothing")
     parser.epilog = ("environment: SSI_CACHE is where the frozen agent and compressed parts "
                      "are kept (default ~/.cache/ssi-boot); SOURCE_DATE_EPOCH caps every "
                      "mtime in the image (default 0).")
@@ -176,10 +199,11 @@ def add_modules(arc: Archive, args: argparse.Namespace, moddir: Path, cache: Pat
     for name in ("modules.alias", "modules.builtin"):
         if (moddir / name).is_file():
             arc.file(f"{base}/{name}", moddir / name, 0o644)
-    arc.data(f"{base}/modules.dep", index.ramdisk_dep(sel.modules).encode())
-    arc.data("etc/ssi/modules", "".join(f"/{base}/{m.installed}\n"
-                                         for m in sel.modules).encode())
-    arc.data("etc/ssi/kver", f"{kver}\n".encode())
+    with arc.origin("generated"):
+        arc.data(f"{base}/modules.dep", index.ramdisk_dep(sel.modules).encode())
+        arc.data("etc/ssi/modules", "".join(f"/{base}/{m.installed}\n"
+                                             for m in sel.modules).encode())
+        arc.data("etc/ssi/kver", f"{kver}\n".encode())
     log.info("modules: %d from %s: %s", len(sel.modules), moddir,
              " ".join(m.name for m in sel.modules))
     return len(sel.modules)
@@ -196,36 +220,133 @@ def add_firmware(arc: Archive, firmware_dir: Path, modules: list[Path]) -> None:
             if found is None:
                 missing.append(name)
             else:
-                arc.file(f"lib/firmware/{found}", firmware_dir / found, 0o644)
+                with arc.origin("firmware"):
+                    arc.file(f"lib/firmware/{found}", firmware_dir / found, 0o644)
     if missing:
         # Often optional (one file per chip revision): say so, do not fail.
         log.info("firmware not in %s, not shipped: %s", firmware_dir, " ".join(missing))
 
 
-def add_skel(arc: Archive, skel: Path) -> None:
-    if not skel.is_dir():
-        log.info("%s: no ramdisk skeleton, none copied", skel)
-        return
-    for path in arc.tree(skel, "/", skip_existing=True):
-        log.warning("ramdisk_skel/%s ignored: the builder writes /%s itself", path, path)
-    for path in [p for p in arc.entries if p.rpartition("/")[2] == ".gitkeep"]:
-        del arc.entries[path]
+@dataclass(frozen=True)
+class Layer:
+    """A tree copied into the image: the packaged skeleton, then the admin's layers."""
+
+    path: Path
+    origin: str  # the manifest's word for it
+    shown: str = ""  # how the manifest names the layer's directory
+
+    @property
+    def packaged(self) -> bool:
+        return self.origin == "skel"
+
+    def source_of(self, rel: str) -> str:
+        """For messages: the file on this machine."""
+        return f"ramdisk_skel/{rel}" if self.packaged else str(self.path / rel)
+
+    def origin_of(self, rel: str) -> str:
+        # The skeleton's path in the image is its path in ramdisk_skel/: no need to repeat it.
+        return self.origin if self.packaged else f"{self.origin} {self.shown}/{rel}"
+
+
+def skel_layers(args: argparse.Namespace, root: cli.Root) -> list[Layer]:
+    if not SKEL.is_dir():
+        raise SsiError(f"{SKEL}: no ramdisk skeleton; this ssi-boot is installed incompletely",
+                       hint="reinstall ssi-boot (its wheel carries ramdisk_skel/)")
+    layers = [Layer(SKEL, "skel")]
+    for given in args.skel:
+        if not given.is_dir():
+            raise SsiError(f"{given}: no such directory (from --skel)")
+        layers.append(Layer(given, "--skel", str(given.resolve())))
+    ramdisk_d = root(RAMDISK_D)
+    if not args.skel and ramdisk_d.is_dir():
+        # Named from ROOT, not from where the tree is: the image depends on its contents only.
+        layers.append(Layer(ramdisk_d, "ramdisk.d", "ROOT" + RAMDISK_D))
+    return layers
+
+
+def add_skel(arc: Archive, layers: Sequence[Layer]) -> None:
+    """Copy the layers in order, a later one replacing an earlier one's file, none
+    replacing what the builder wrote: the agent relies on those (the table, its modules)."""
+    from_layers: set[str] = set()
+    for layer in layers:
+        for rel, src in walk(layer.path):
+            if src.name == ".gitkeep":  # only there to keep an empty directory in git
+                continue
+            directory = src.is_dir() and not src.is_symlink()
+            if directory and rel in arc:
+                continue  # the builder's or an earlier layer's: its mode stays
+            if rel in arc:
+                if rel not in from_layers:
+                    log.warning("%s ignored: the builder writes /%s itself (origin: %s)",
+                                layer.source_of(rel), rel, arc.origins[rel])
+                    continue
+                if stat.S_ISDIR(arc.entries[rel].mode):
+                    raise SsiError(f"{layer.source_of(rel)}: a file where an earlier layer "
+                                   f"has the directory /{rel}")
+                arc.remove(rel)
+            # The packaged files' modes are git's and pip's (0644 or 0755) anyway: made
+            # exact here, so an editable and a wheel install build the same image.
+            mode = None if not layer.packaged else \
+                0o755 if src.stat().st_mode & 0o111 else 0o644
+            with arc.origin(layer.origin_of(rel)):
+                if directory:
+                    arc.dir(rel, mode or stat.S_IMODE(src.stat().st_mode))
+                else:
+                    arc.put(rel, src, mode)
+            from_layers.add(rel)
+        log.info("%s: copied from %s", layer.origin, layer.path)
+
+
+def add_manifest(arc: Archive) -> None:
+    """etc/ssi/image.manifest: each member's path and origin, so that --list -v can tell
+    from the image alone what came from where."""
+    origins = {**arc.origins, MANIFEST: "generated"}
+    lines = ["# mkinitrd.ssi: every member of this image, a tab, where it came from\n"]
+    for path in sorted(origins, key=os.fsencode):
+        if any(c in path + origins[path] for c in "\t\n"):
+            raise SsiError(f"{path!r}: a tab or newline in a ramdisk path is not supported",
+                           hint="rename it")
+        lines.append(f"{path}\t{origins[path]}\n")
+    arc.data(MANIFEST, "".join(lines).encode())
+
+
+def read_manifest(members: Sequence[Member]) -> dict[str, str]:
+    """path -> origin, from an image's manifest; empty when it has none (another builder)."""
+    for m in members:
+        if m.path == MANIFEST:
+            text = m.data.decode(errors="replace")
+            return dict(line.split("\t", 1) for line in text.splitlines()
+                        if "\t" in line and not line.startswith("#"))
+    return {}
 
 
 # --- the command -------------------------------------------------------------------------
 
 
-def list_image(path: Path) -> int:
+def list_image(path: Path, verbose: bool) -> int:
+    """The member paths, as cpio -t prints them; verbose: mode, size, link, origin too."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise SsiError(f"{path}: {e.strerror}") from None
+    members = image.read_image(data)
+    if not verbose:
+        sys.stdout.write("".join(f"{m.path}\n" for m in members))
+        return 0
+    origins = read_manifest(members)
+    if not origins:
+        log.warning("%s has no /%s: where its members came from is unknown", path, MANIFEST)
+    # "ramdisk.d ROOT/etc/ssi/ramdisk.d/etc/motd": the word in a column, the source after
+    words = {m.path: origins.get(m.path, "-").partition(" ") for m in members}
+    width = max(len(w[0]) for w in words.values()) if words else 0
     out = []
-    for m in image.read_image(data):
+    for m in members:
+        word, _, source = words[m.path]
         size = f"{m.rdev[0]},{m.rdev[1]}" if stat.S_ISCHR(m.mode) or stat.S_ISBLK(m.mode) \
             else str(m.size)
-        line = f"{stat.filemode(m.mode)} {size:>10} /{m.path}"
-        out.append(line + (f" -> {m.target}" if m.target is not None else "") + "\n")
+        line = f"{stat.filemode(m.mode)} {size:>10} {word:<{width}} {m.path}"
+        line += f" -> {m.target}" if m.target is not None else ""
+        out.append(line + (f"  ({source})\n" if source else "\n"))
     sys.stdout.write("".join(out))
     return 0
 
@@ -255,12 +376,13 @@ def _run_mkdhcpd(args: argparse.Namespace) -> int:
 
 def build(args: argparse.Namespace) -> int:
     if args.list is not None:
-        return list_image(args.list)
+        return list_image(args.list, args.verbose)
     start = time.monotonic()
     root = cli.Root(args.root)
     table_path = cli.ssitab_path(args)
     table = cli.load_ssitab(table_path)  # an invalid table stops here, before any output
     moddir = _moddir(args, root)
+    layers = skel_layers(args, root)
     output: Path = args.output or root("/boot/initrd-ssi.img")
     epoch = source_date_epoch()
     cache = cache_root()
@@ -268,13 +390,19 @@ def build(args: argparse.Namespace) -> int:
     arc = Archive()
     add_base(arc)
     frozen = freeze.frozen_agent(AGENT_PACKAGE, cache, verbose=args.debug)
-    elves = add_agent(arc, frozen)
-    extra = [] if args.no_busybox else add_busybox(arc)
-    libs = add_libraries(arc, frozen, elves, extra)
+    with arc.origin("agent"):
+        elves = add_agent(arc, frozen)
+    with arc.origin("busybox"):
+        extra = [] if args.no_busybox else add_busybox(arc)
+    with arc.origin("library"):
+        libs = add_libraries(arc, frozen, elves, extra)
     log.info("libraries: %d paths for %d ELF files of the agent", libs, len(elves))
-    arc.data("etc/ssitab", table_path.read_bytes())
-    n_modules = add_modules(arc, args, moddir, cache, root("/lib/firmware"))
-    add_skel(arc, SKEL)
+    with arc.origin("ssitab"):
+        arc.data("etc/ssitab", table_path.read_bytes())
+    with arc.origin("module"):
+        n_modules = add_modules(arc, args, moddir, cache, root("/lib/firmware"))
+    add_skel(arc, layers)
+    add_manifest(arc)
 
     segments = image.SegmentCache(cache / "segments")
     data = image.build(list(arc.entries.values()), args.compress, epoch, segments,

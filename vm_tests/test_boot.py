@@ -61,7 +61,7 @@ def test_break_opens_shell_before_stage_then_goes_on(
     vm.wait_for(RESCUE)
     # The shell read the image's /etc/profile (ramdisk_skel/): its hint, then its prompt.
     vm.wait_for(r"'exit' continues the boot")
-    vm.wait_for(r"\(linuxrc rescue\) / # ")
+    vm.wait_for(r"\(linuxrc rescue\) ~ # ")  # HOME is /, so \w shows the cwd / as ~
     assert INIT_MARKER not in vm.output()
     # The shell runs before the root is mounted: /newroot is still empty. The skeleton's
     # /etc/passwd names uid 0.

@@ -37,12 +37,13 @@ def test_shell_runs_on_its_tty_with_a_clean_environment(
     monkeypatch.setenv("LD_LIBRARY_PATH", "/ssi/agent/_internal")
     out = tmp_path / "out"
     shell = script(tmp_path / "sh", f"#!/bin/sh\n{{ tty; echo \"[$LD_LIBRARY_PATH]\"; "
-                                    f"echo \"$PATH\"; }} > {out}\nexit 3\n")
+                                    f"echo \"$PATH\"; echo \"$ENV\"; }} > {out}\nexit 3\n")
     assert rescue.run_shell("testing", shell, name) is True
-    tty, ld, path = out.read_text().splitlines()
+    tty, ld, path, profile = out.read_text().splitlines()
     assert tty == name  # stdin is the terminal
     assert ld == "[]"
     assert path.startswith("/bin:/sbin")
+    assert profile == "/etc/profile"  # what ash reads when interactive: ramdisk_skel's
     lines = capfd.readouterr().out.splitlines()
     assert lines[0] == "linuxrc: rescue shell: testing"
     assert lines[-1] == "linuxrc: rescue shell exited (3)"

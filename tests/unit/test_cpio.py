@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from mkinitrd_ssi.cpio import Archive, Entry, Newc, clean_path, read_archive, write_newc
+from mkinitrd_ssi.cpio import (
+    Archive,
+    Entry,
+    Newc,
+    clean_path,
+    read_archive,
+    walk,
+    write_newc,
+)
 from mkinitrd_ssi.errors import SsiError
 
 pytestmark = pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
@@ -154,15 +162,28 @@ def test_conflicting_paths_are_errors_identical_ones_are_not() -> None:
         arc.symlink("etc/a", "b")
 
 
-def test_tree_skip_existing_reports_what_it_left_alone(tmp_path: Path) -> None:
+def test_origins_are_recorded_per_entry(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "ssitab").write_text("from skel\n")
     (tmp_path / "etc" / "motd").write_text("hi\n")
+    (tmp_path / "etc" / "issue").symlink_to("motd")
+    assert list(walk(tmp_path)) == [("etc", tmp_path / "etc"),
+                                    ("etc/issue", tmp_path / "etc/issue"),
+                                    ("etc/motd", tmp_path / "etc/motd")]
     arc = Archive()
-    arc.data("etc/ssitab", b"generated\n")
-    assert arc.tree(tmp_path, "/", skip_existing=True) == ["etc/ssitab"]
-    assert arc.entries["etc/ssitab"].data == b"generated\n"
-    assert arc.entries["etc/motd"].read() == b"hi\n"
+    arc.dir("dev")
+    with arc.origin("skel"):
+        arc.tree(tmp_path, "/")
+        with arc.origin("admin"):
+            arc.put("usr/x", tmp_path / "etc/motd")
+        arc.data("etc/passwd", b"root\n")
+    assert arc.origins == {"dev": "generated", "etc": "skel", "etc/issue": "skel",
+                           "etc/motd": "skel", "usr": "admin", "usr/x": "admin",
+                           "etc/passwd": "skel"}
+    assert arc.entries["etc/issue"].target == "motd"
+    arc.remove("/etc/motd")
+    assert "etc/motd" not in arc and "etc/motd" not in arc.origins
+    with pytest.raises(SsiError, match="not a regular file"):
+        arc.put("null", Path("/dev/null"))
 
 
 def test_reader_round_trips_every_kind() -> None:

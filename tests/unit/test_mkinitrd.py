@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mkinitrd_ssi import freeze, image, mkinitrd
-from mkinitrd_ssi.cpio import Member
+from mkinitrd_ssi.cpio import Archive, Member
 from mkinitrd_ssi.image import Compression
 from mkinitrd_ssi.mkinitrd import main
 from tests.unit.fake_ko import fake_ko
@@ -53,7 +53,6 @@ def env(cache: Path, agent: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     # A cold cache costs seconds of compression; what is tested holds at any level.
     monkeypatch.setitem(image.DEFAULT_LEVEL, Compression.ZSTD, 3)
     monkeypatch.setitem(image.DEFAULT_LEVEL, Compression.GZIP, 1)
-    monkeypatch.setattr(mkinitrd, "SKEL", tmp_path / "no-skel")
 
 
 def make_moddir(base: Path) -> Path:
@@ -274,23 +273,184 @@ def test_skel_is_copied_but_never_overrides(root: Path, tmp_path: Path,
     (skel / "etc/motd").write_text("welcome\n")
     (skel / "etc/ssitab").write_text("stale\n")
     (skel / "etc/.gitkeep").write_text("")
+    (skel / "bin").mkdir()
+    (skel / "bin/hello").write_text("#!/bin/sh\necho hi\n")
+    (skel / "bin/hello").chmod(0o775)
+    (skel / "etc/motd").chmod(0o600)
     monkeypatch.setattr(mkinitrd, "SKEL", skel)
     assert build(root, "--compress", "none", "--no-dhcpd") == 0
     got = members(root / "boot/initrd-ssi.img")
     assert got["etc/motd"].data == b"welcome\n" and got["etc/ssitab"].data == TABLE.encode()
+    # git and pip keep 0644 or 0755 only: the packaged skeleton's modes are made exactly so
+    assert got["etc/motd"].mode == stat.S_IFREG | 0o644
+    assert got["bin/hello"].mode == stat.S_IFREG | 0o755
     assert "etc/.gitkeep" not in got
-    assert "ramdisk_skel/etc/ssitab ignored" in capsys.readouterr().err
+    assert "ramdisk_skel/etc/ssitab ignored: the builder writes /etc/ssitab itself " \
+        "(origin: ssitab)" in capsys.readouterr().err
+
+
+def test_packaged_skeleton_is_in_every_image(root: Path) -> None:
+    skel = mkinitrd.packaged_skel()
+    assert skel == Path(__file__).resolve().parents[2] / "ramdisk_skel"  # the checkout's
+    files = [p for p in skel.rglob("*") if p.is_file()]
+    assert {"etc/passwd", "etc/group", "etc/profile"} <= {str(p.relative_to(skel))
+                                                          for p in files}
+    assert build(root, "--compress", "none", "--no-dhcpd") == 0
+    got = members(root / "boot/initrd-ssi.img")
+    origins = mkinitrd.read_manifest(list(got.values()))
+    for path in files:
+        rel = str(path.relative_to(skel))
+        assert got[rel].data == path.read_bytes(), rel
+        assert origins[rel] == "skel"
+    assert got["etc/passwd"].data.startswith(b"root:x:0:0:")
+    assert b"PS1=" in got["etc/profile"].data and b"'exit'" in got["etc/profile"].data
+
+
+def test_missing_packaged_skeleton_is_an_error(root: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(mkinitrd, "SKEL", tmp_path / "gone")
+    assert build(root, "--no-dhcpd") == 1
+    err = capsys.readouterr().err
+    assert "no ramdisk skeleton" in err and "reinstall ssi-boot" in err
+
+
+def ramdisk_d(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / "etc/ssi/ramdisk.d" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_ramdisk_d_wins_over_the_skeleton(root: Path) -> None:
+    ramdisk_d(root, {"etc/profile": "PS1='node> '\n", "etc/motd": "hello\n",
+                     "usr/share/keys/admin.pub": "ssh-ed25519 AAAA admin\n"})
+    (root / "etc/ssi/ramdisk.d/etc/motd").chmod(0o600)  # the admin's own modes are kept
+    (root / "etc/ssi/ramdisk.d/etc/issue").symlink_to("motd")
+    assert build(root, "--compress", "none", "--no-dhcpd") == 0
+    got = members(root / "boot/initrd-ssi.img")
+    assert got["etc/profile"].data == b"PS1='node> '\n"
+    assert got["etc/motd"].data == b"hello\n" and got["etc/motd"].mode == stat.S_IFREG | 0o600
+    assert got["etc/issue"].target == "motd"
+    assert got["usr/share/keys/admin.pub"].data.startswith(b"ssh-ed25519")
+    assert got["etc/passwd"].data.startswith(b"root:")  # the rest of the skeleton stays
+    origins = mkinitrd.read_manifest(list(got.values()))
+    assert origins["etc/profile"] == "ramdisk.d ROOT/etc/ssi/ramdisk.d/etc/profile"
+    assert origins["usr/share"] == "ramdisk.d ROOT/etc/ssi/ramdisk.d/usr/share"
+    assert origins["etc/passwd"] == "skel"
+
+
+def test_ramdisk_d_never_replaces_what_the_builder_writes(
+        root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ramdisk_d(root, {"etc/ssitab": "stale\n", "etc/ssi/kver": "9.9\n", "init": "#!/bin/sh\n",
+                     "etc/motd": "hello\n"})
+    assert build(root, "--compress", "none", "--no-dhcpd") == 0
+    got = members(root / "boot/initrd-ssi.img")
+    assert got["etc/ssitab"].data == TABLE.encode()
+    assert got["etc/ssi/kver"].data == f"{KVER}\n".encode()
+    assert got["init"].target == "linuxrc" and got["etc/motd"].data == b"hello\n"
+    err = capsys.readouterr().err
+    assert (f"{root}/etc/ssi/ramdisk.d/etc/ssitab ignored: the builder writes /etc/ssitab "
+            "itself (origin: ssitab)") in err
+    assert "ramdisk.d/etc/ssi/kver ignored" in err and "ramdisk.d/init ignored" in err
+    assert "etc/motd" not in err
+
+
+def test_skel_option_layers_instead_of_ramdisk_d(root: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    ramdisk_d(root, {"etc/motd": "from ramdisk.d\n"})
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d, text in ((first, "first\n"), (second, "second\n")):
+        (d / "etc").mkdir(parents=True)
+        (d / "etc/profile").write_text(text)
+    (first / "etc/only-first").write_text("1\n")
+    assert build(root, "--skel", str(first), "--skel", str(second), "--compress", "none",
+                 "--no-dhcpd") == 0
+    got = members(root / "boot/initrd-ssi.img")
+    assert got["etc/profile"].data == b"second\n" and got["etc/only-first"].data == b"1\n"
+    assert "etc/motd" not in got  # --skel replaces ROOT/etc/ssi/ramdisk.d
+    origins = mkinitrd.read_manifest(list(got.values()))
+    assert origins["etc/profile"] == f"--skel {second}/etc/profile"
+    assert build(root, "--skel", str(tmp_path / "nope"), "--no-dhcpd") == 1
+    assert "nope: no such directory (from --skel)" in capsys.readouterr().err
+    main(["--help"])
+    assert "--skel DIR" in capsys.readouterr().out
+
+
+def test_a_file_over_a_directory_of_an_earlier_layer_is_an_error(
+        root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    (first / "etc/x").mkdir(parents=True)
+    (first / "etc/x/y").write_text("y\n")
+    (second / "etc").mkdir(parents=True)
+    (second / "etc/x").write_text("x\n")
+    assert build(root, "--skel", str(first), "--skel", str(second), "--no-dhcpd") == 1
+    assert f"{second}/etc/x: a file where an earlier layer has the directory /etc/x" \
+        in capsys.readouterr().err
+
+
+def test_image_does_not_depend_on_where_root_is(root: Path, tmp_path: Path) -> None:
+    ramdisk_d(root, {"etc/motd": "hello\n"})
+    elsewhere = tmp_path / "elsewhere" / "root"
+    shutil.copytree(root, elsewhere, symlinks=True)
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    assert build(root, "-o", str(a), "--no-dhcpd") == 0
+    assert build(elsewhere, "-o", str(b), "--no-dhcpd") == 0
+    assert a.read_bytes() == b.read_bytes()
 
 
 @pytest.mark.parametrize("how", ["zstd", "gzip", "none"])
 def test_list(root: Path, how: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """As cpio -t and lsinitramfs print them: one path a line, no leading slash."""
     assert build(root, "--compress", how, "--no-dhcpd") == 0
     capsys.readouterr()
     assert main(["--list", str(root / "boot/initrd-ssi.img")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "lrwxrwxrwx          7 /init -> linuxrc" in lines
-    assert "crw-------        5,1 /dev/console" in lines
-    assert f"-rw-r--r--        {len(TABLE)} /etc/ssitab" in lines
+    assert lines == sorted(members(root / "boot/initrd-ssi.img"), key=os.fsencode)
+    assert {"init", "linuxrc", "dev/console", "etc/ssitab", "etc/passwd",
+            mkinitrd.MANIFEST} <= set(lines)
+
+
+def test_list_verbose_says_where_each_member_came_from(
+        root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (root / "etc/ssi/ramdisk.d/etc").mkdir(parents=True)
+    (root / "etc/ssi/ramdisk.d/etc/motd").write_text("hello\n")
+    (root / "lib/firmware/vblk").mkdir(parents=True)
+    (root / "lib/firmware/vblk/fw.bin").write_bytes(b"FW")
+    assert build(root, "--no-dhcpd") == 0
+    capsys.readouterr()
+    assert main(["--list", str(root / "boot/initrd-ssi.img"), "-v"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[3]: line.split() for line in lines}
+    base = f"lib/modules/{KVER}"
+    assert "lrwxrwxrwx          7 agent     init -> linuxrc" in lines
+    assert "-rw-r--r--          6 ramdisk.d etc/motd  (ROOT/etc/ssi/ramdisk.d/etc/motd)" in lines
+    assert rows["ssi/agent/linuxrc"][2] == "agent"
+    assert rows["dev/console"][:4] == ["crw-------", "5,1", "generated", "dev/console"]
+    assert rows["etc/ssitab"] == ["-rw-r--r--", str(len(TABLE)), "ssitab", "etc/ssitab"]
+    assert rows["etc/passwd"][2] == "skel" and rows["etc/ssi/README"][2] == "skel"
+    assert rows["bin/busybox"][2] == "busybox"
+    assert rows["lib/x86_64-linux-gnu/libc.so.6"][2] == "library"
+    assert rows[f"{base}/kernel/drivers/block/virtio_blk.ko"][2] == "module"
+    assert rows[f"{base}/modules.dep"][2] == "generated"
+    assert rows["etc/ssi/modules"][2] == "generated"
+    assert rows["lib/firmware/vblk/fw.bin"][2] == "firmware"
+    assert rows[mkinitrd.MANIFEST][2] == "generated"
+    assert [path for path, row in rows.items() if row[2] == "-"] == []
+    assert len(lines) == len(members(root / "boot/initrd-ssi.img"))
+
+
+def test_list_verbose_of_an_image_without_manifest(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    arc = Archive()
+    arc.data("etc/hello", b"hi\n")
+    img = tmp_path / "other.img"
+    img.write_bytes(image.build(list(arc.entries.values()), Compression.NONE, 0))
+    assert main(["--list", str(img), "-v"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["drwxr-xr-x          0 - etc",
+                                "-rw-r--r--          3 - etc/hello"]
+    assert "no /etc/ssi/image.manifest" in err
 
 
 def test_list_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
