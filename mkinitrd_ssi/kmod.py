@@ -30,8 +30,14 @@ from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.run import log
 
 # What a cluster node may boot from or through: NICs, disk controllers, filesystems.
+# nfs alone mounts nothing: the protocol versions are modules of their own.
+# vfat mounts with codepage 437 and the iocharset/utf8 the kernel defaults to
+# (an ESP is vfat); efivarfs tells whether Secure Boot is on; overlay gives a
+# read-only shared root its per-node writable layer.
 DEFAULT_MODULES = ("virtio_net", "virtio_blk", "virtio_pci", "virtio_scsi", "e1000", "e1000e",
-                   "igb", "ixgbe", "ahci", "nvme", "sd_mod", "ext4", "xfs", "vfat", "nfs")
+                   "igb", "ixgbe", "ahci", "nvme", "sd_mod", "ext4", "xfs", "vfat",
+                   "nls_cp437", "nls_ascii", "nls_utf8", "nfs", "nfsv3", "nfsv4", "overlay",
+                   "efivarfs")
 
 
 @dataclass(frozen=True)

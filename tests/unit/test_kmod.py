@@ -189,6 +189,9 @@ def test_debian_cloud_kernel_default_set() -> None:
     got = names(sel)
     assert {"virtio_net", "virtio_blk", "virtio_pci", "virtio_scsi", "sd_mod", "xfs", "vfat",
             "nfs"} <= set(got)
+    # What the documented features need (NFS root, overlay, ESP, Secure Boot state).
+    assert {"nfsv3", "nfsv4", "sunrpc", "overlay", "efivarfs", "nls_cp437", "nls_utf8"} \
+        <= set(got)
     assert {"ext4", "nvme"} <= set(sel.builtin)
     # The cloud flavour has no physical NIC or AHCI drivers at all.
     assert {"e1000", "e1000e", "igb", "ixgbe", "ahci"} <= set(sel.absent)
