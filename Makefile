@@ -9,7 +9,7 @@ export SSI_CACHE := $(CACHE)
 APT_PACKAGES := python3-venv python3-dev gcc qemu-system-x86 qemu-utils ipxe-qemu \
 	isc-dhcp-server kea-dhcp4-server dnsmasq-base tftpd-hpa tftp-hpa busybox-static \
 	isc-dhcp-client cpio zstd dosfstools mtools e2fsprogs xfsprogs extlinux syslinux syslinux-common \
-	pxelinux openssh-server openssh-client iproute2 fdisk kmod binutils udev
+	pxelinux openssh-server openssh-client iproute2 fdisk kmod binutils udev nfs-ganesha nfs-ganesha-vfs
 
 .PHONY: help deps venv kernel lint test unit integration vm demo bench powercut clean
 
