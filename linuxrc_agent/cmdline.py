@@ -237,6 +237,7 @@ class Cmdline:
     debug: bool = False
     timeout: float = DEFAULT_TIMEOUT
     modules: str = "auto"  # ssi.modules=: "auto" (what devices need) or "all" carried modules
+    overlay: str = ""  # ssi.overlay=: "tmpfs" (a writable layer over the read-only root) or ""
     # MODULE.param=value words: the kernel applies them to built-in code only;
     # for loadable modules modprobe passes them, and so does the agent.
     modparams: tuple[tuple[str, str], ...] = ()
@@ -352,6 +353,15 @@ def _module_mode(r: _Reading, key: str, value: str | None) -> None:
         r.bad(key, value, "auto or all")
 
 
+def _overlay(r: _Reading, key: str, value: str | None) -> None:
+    if value == "tmpfs":
+        r.fields["overlay"] = value
+    elif value in ("none", "0", "off"):  # a later word turns an earlier one off
+        r.fields["overlay"] = ""
+    else:
+        r.bad(key, value, "tmpfs (or none)")
+
+
 def _blacklist(r: _Reading, key: str, value: str | None) -> None:
     for name in (value or "").split(","):
         if _MODULE_RE.match(name):
@@ -384,6 +394,7 @@ _HANDLERS: dict[str, Callable[[_Reading, str, str | None], None]] = {
     "ssi.debug": _debug,
     "ssi.timeout": _timeout,
     "ssi.modules": _module_mode,
+    "ssi.overlay": _overlay,
     "modprobe.blacklist": _blacklist,
 }
 

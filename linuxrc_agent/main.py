@@ -3,10 +3,11 @@
     MOUNT_API    /proc /sys /dev /run, console on stdio
     CMDLINE      /proc/cmdline -> Cmdline (debug, breaks, timeout, root=)
     MODULES      the carried kernel modules the present devices need
-    DEVICES      /dev nodes from /proc/partitions; wait for the root= device
+    DEVICES      /dev nodes from /proc/partitions; wait for the root= device (not for NFS)
     IDENTITY     which ssitab node this is: local MACs <-> /etc/ssitab
     NETWORK      its NIC up with its address, the hostname set
-    ROOT         mount the shared root on /newroot, check init is there
+    ROOT         mount the shared root on /newroot (a device, or NFS: nfsroot.py; under
+                 a tmpfs overlay with ssi.overlay=tmpfs: overlay.py), check init is there
     SYNC         local boot flag: boot partition := shared root's default pair
     NODE_ENV     /run/ssi/node.env
     SWITCH_ROOT  exec init in the shared root
@@ -37,7 +38,9 @@ from linuxrc_agent import (
     modules,
     mounts,
     netlink,
+    nfsroot,
     nodeenv,
+    overlay,
     partitions,
     proc,
     rescue,
@@ -90,6 +93,8 @@ class Boot:
         self.loader: modules.Loader | None = None
         self.scanner = Scanner()
         self.root: Probed | None = None
+        self.nfs: nfsroot.NfsSpec | None = None  # root=nfs:/nfs4:, once parsed
+        self.overlay = ""  # "tmpfs" once the overlay is on /newroot
         self.node = NodeEnv()
         self.bootdev: ssitab.BootDev | None = None  # the local boot partition, if any
         self.kver = ""
@@ -165,8 +170,21 @@ def wait_devices(boot: Boot) -> None:
     if c.root is None:
         boot.scanner.devices()  # the nodes, for the rescue shell at least
         raise BootError("no root= on the kernel command line",
-                        ["add root=/dev/NAME, root=LABEL=..., root=UUID=... or root=PARTUUID=... "
-                         "to the kernel arguments (lilo.ssi --cmdline)"], _seen(boot))
+                        ["add root=/dev/NAME, root=LABEL=..., root=UUID=..., root=PARTUUID=... "
+                         "or root=nfs4:SERVER:/PATH to the kernel arguments (lilo.ssi "
+                         "--cmdline)"], _seen(boot))
+    if nfsroot.is_nfs(c.root):
+        # Nothing to wait for: the root comes once the network is up. The nodes are
+        # made all the same, for the rescue shell and the local boot partition.
+        boot.scanner.devices()
+        try:
+            boot.nfs = nfsroot.parse_spec(c.root)
+        except nfsroot.NfsSpecError as e:
+            raise BootError(str(e), ["root=nfs:SERVER:/PATH[:OPTIONS] or "
+                                     "root=nfs4:SERVER:/PATH[:OPTIONS], SERVER an IPv4 "
+                                     "address"]) from None
+        console.debug(f"devices: the root is NFS, {boot.nfs.source}: no device to wait for")
+        return
     spec = parse_bootdev(c.root)
     if spec is None:
         shown = c.root if len(c.root) <= 80 else c.root[:77] + "..."
@@ -257,7 +275,16 @@ def mount_root(boot: Boot) -> None:
     if mounts.is_mountpoint(NEWROOT):
         console.say(f"root: using what is already mounted on {NEWROOT}")
     else:
-        _mount_root_device(boot)
+        # Under an overlay the shared root is the lower layer, at its own place.
+        lower = overlay.LOWER if c.overlay else NEWROOT
+        if c.overlay and mounts.is_mountpoint(lower):
+            console.say(f"root: the shared root is still mounted on {lower} from the last try")
+        elif boot.nfs is not None:
+            _mount_nfs(boot, boot.nfs, lower)
+        else:
+            _mount_root_device(boot, lower)
+        if c.overlay:
+            _mount_overlay(boot, lower)
     problem = check_init(NEWROOT, c.init)
     if problem is not None:
         where = boot.root.describe() if boot.root else c.root
@@ -265,7 +292,7 @@ def mount_root(boot: Boot) -> None:
                                   "init= names the right program (default /sbin/init)"])
 
 
-def _mount_root_device(boot: Boot) -> None:
+def _mount_root_device(boot: Boot, target: str) -> None:
     c = boot.cmdline
     if boot.root is None:
         raise BootError("no root device (stage devices did not run?)")
@@ -277,22 +304,71 @@ def _mount_root_device(boot: Boot) -> None:
                          "ssi.debug)", "rootfstype= names its type if the agent cannot tell"])
     _ensure_filesystem(boot, fstype)
     flags, data = mounts.parse_options(c.rootflags, MS_RDONLY if c.readonly else 0)
+    if c.overlay:
+        flags |= MS_RDONLY  # the lower layer: nothing may write to the shared root
     # ext2 and ext3 are often served by the ext4 driver (CONFIG_EXT4_USE_FOR_EXT2).
     types = [fstype, "ext4"] if fstype in ("ext2", "ext3") else [fstype]
     error: OSError | None = None
     for fs in types:
         try:
-            mount(dev, NEWROOT, fs, flags, data or None)
+            mount(dev, target, fs, flags, data or None)
         except OSError as e:
             error = error or e
             continue
         mode = "ro" if flags & MS_RDONLY else "rw"
         console.debug(f"root: mounted {dev} ({fs}, {mode}{',' + data if data else ''}) "
-                      f"on {NEWROOT}")
+                      f"on {target}")
         return
     assert error is not None
-    raise BootError(f"mount {dev} on {NEWROOT} as {fstype} failed: {error.strerror}",
+    raise BootError(f"mount {dev} on {target} as {fstype} failed: {error.strerror}",
                     _mount_checks(error.errno or 0, dev, fstype, c.rootflags))
+
+
+def _mount_nfs(boot: Boot, spec: nfsroot.NfsSpec, target: str) -> None:
+    c, n = boot.cmdline, boot.node
+    try:
+        plan = nfsroot.plan(spec, n.ip, c.rootflags, c.readonly)
+    except nfsroot.NfsSpecError as e:
+        raise BootError(f"root={c.root}: {e}", ["man 5 nfs for the options"]) from None
+    if c.overlay:  # the lower layer, whatever rw the options say
+        plan = replace(plan, flags=plan.flags | MS_RDONLY)
+    _ensure_modules(boot, plan.modules())
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    console.debug(f"root: NFS {spec.source}, versions {plan.versions}: "
+                  + " | ".join(f"{a.fstype} {a.data}" for a in plan.attempts))
+    next_note = 0.0
+
+    def waiting(err: int, left: float) -> None:
+        nonlocal next_note
+        if console.elapsed() >= next_note:  # a line every few seconds, not every retry
+            next_note = console.elapsed() + 5.0
+            console.say(f"root: waiting for the NFS server {spec.server} "
+                        f"({os.strerror(err)}); {left:.0f} s left")
+
+    try:
+        attempt = nfsroot.mount_nfs(plan, target, c.timeout, waiting=waiting)
+    except nfsroot.NfsMountError as e:
+        what, checks = nfsroot.explain(plan, e, f"{n.ip}/{n.prefix}")
+        raise BootError(what, checks) from None
+    mode = "ro" if plan.flags & MS_RDONLY else "rw"
+    console.say(f"root: {spec.source} mounted over NFS {attempt.version} ({mode}) on {target}")
+
+
+def _mount_overlay(boot: Boot, lower: str) -> None:
+    _ensure_filesystem(boot, "overlay")
+    try:
+        overlay.mount_overlay(lower, NEWROOT)
+    except (OSError, ValueError) as e:
+        err = getattr(e, "errno", None)
+        checks = ["dmesg (in the rescue shell) for overlayfs's reason"]
+        if err == errno.ENODEV:
+            checks.insert(0, "the kernel has no overlayfs: rebuild with mkinitrd.ssi "
+                          "--add-modules overlay")
+        raise BootError(f"ssi.overlay={boot.cmdline.overlay}: overlay of {lower} on {NEWROOT} "
+                        f"failed: {getattr(e, 'strerror', None) or e}", checks) from None
+    boot.overlay = boot.cmdline.overlay
+    console.say(f"root: writable {boot.overlay} overlay on {NEWROOT}, the shared root "
+                f"read-only below it ({lower})")
 
 
 def _mount_checks(err: int, dev: str, fstype: str, rootflags: str) -> list[str]:
@@ -371,13 +447,24 @@ def _ensure_filesystem(boot: Boot, fstype: str) -> None:
             console.warn(f"cannot load the {fstype} module: {e}")
 
 
+def _ensure_modules(boot: Boot, names: set[str]) -> None:
+    """Load carried modules by name, with their dependencies (built-in ones need nothing)."""
+    if boot.loader is None:
+        return
+    try:
+        loaded = boot.loader.load(boot.loader.closure(names))
+        console.debug(f"loaded {' '.join(loaded) or 'no module'} for {' '.join(sorted(names))}")
+    except (OSError, ValueError) as e:
+        console.warn(f"cannot load {' '.join(sorted(names))}: {e}")
+
+
 def write_node_env(boot: Boot) -> None:
     fw = firmware.kind()
     if fw == "uefi" and boot.loader is not None:
         _ensure_filesystem(boot, "efivarfs")
     stages = " ".join(f"{name}:{ms}" for name, ms in boot.stage_ms.items())
     boot.node = replace(boot.node, boot_ms=int(console.elapsed() * 1000), stages_ms=stages,
-                        root=boot.cmdline.root or "", firmware=fw,
+                        root=boot.cmdline.root or "", overlay=boot.overlay, firmware=fw,
                         secure_boot=fw == "uefi" and firmware.ensure_efivarfs()
                         and firmware.secure_boot())
     nodeenv.write(boot.node)

@@ -172,6 +172,18 @@ def test_module_mode() -> None:
     assert c.modules == "auto" and c.warnings
 
 
+def test_overlay() -> None:
+    assert parse("").overlay == ""
+    assert parse("ssi.overlay=tmpfs").overlay == "tmpfs"
+    assert parse("ssi.overlay=tmpfs ssi.overlay=none").overlay == ""  # the last one wins
+    for text in ("ssi.overlay", "ssi.overlay=zram", "ssi.overlay=TMPFS"):
+        c = parse(text)
+        assert c.overlay == "" and c.warnings == (
+            f"ignoring ssi.overlay={(text.partition('=')[2])!r}: expected tmpfs (or none)",)
+    c = parse("root=nfs4:10.77.0.1:/srv/ssiroot:vers=4.2,timeo=14 ssi.overlay=tmpfs")
+    assert (c.root, c.overlay) == ("nfs4:10.77.0.1:/srv/ssiroot:vers=4.2,timeo=14", "tmpfs")
+
+
 def test_unknown_keys_are_ignored() -> None:
     assert parse("quiet splash ssi.future=1 foo=bar loglevel=3") == Cmdline()
 

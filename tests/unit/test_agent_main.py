@@ -139,3 +139,45 @@ def test_breaks_before_early_stages_move_to_the_first_possible(
     out = capfd.readouterr().out
     assert "ssi.break=nosuch: no such stage" in out
     assert "stopping before modules instead" in out
+
+
+def test_an_nfs_root_waits_for_no_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from linuxrc_agent import partitions
+
+    def no_wait(*args: object) -> None:
+        raise AssertionError("waited for a device")
+
+    monkeypatch.setattr(partitions, "wait_for", no_wait)
+    monkeypatch.setattr(main.Scanner, "devices", lambda self: [])
+    boot = boot_with("root=nfs4:10.77.0.1:/srv/ssiroot:timeo=14")
+    main.wait_devices(boot)
+    assert boot.nfs is not None and boot.nfs.source == "10.77.0.1:/srv/ssiroot"
+    assert boot.root is None
+    with pytest.raises(BootError, match="SERVER 'server' is not an IPv4 address"):
+        main.wait_devices(boot_with("root=nfs:server:/srv/ssiroot"))
+
+
+def test_an_nfs_failure_names_server_export_and_cause(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    from dataclasses import replace
+
+    from linuxrc_agent import nfsroot
+
+    boot = boot_with("root=nfs4:10.77.0.1:/srv/nope ssi.overlay=tmpfs")
+    boot.nfs = nfsroot.parse_spec("nfs4:10.77.0.1:/srv/nope")
+    boot.node = replace(boot.node, ip="10.77.0.11", prefix=24)
+    seen: list[tuple[str, int]] = []
+
+    def refuse(p: nfsroot.Plan, target: str, timeout: float, **kw: object) -> nfsroot.Attempt:
+        seen.append((target, p.flags))
+        raise nfsroot.NfsMountError(errno.ENOENT, True, p.attempts[0], 0.1)
+
+    monkeypatch.setattr(nfsroot, "mount_nfs", refuse)
+    monkeypatch.setattr(main.os, "makedirs", lambda *a, **kw: None)
+    monkeypatch.setattr(main.mounts, "is_mountpoint", lambda path: False)
+    with pytest.raises(BootError) as e:
+        main.mount_root(boot)
+    assert e.value.what == ("NFS root 10.77.0.1:/srv/nope: the server has no export /srv/nope "
+                            "(ENOENT, NFS 4.2)")
+    # Under the overlay the export is the read-only lower layer, mounted aside.
+    assert seen == [("/run/ssi/lower", main.MS_RDONLY)]
