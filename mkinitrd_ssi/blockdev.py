@@ -29,10 +29,10 @@ from pathlib import Path
 from linuxrc_agent.partitions import BlockDev, Probed, Scanner, matches
 from linuxrc_agent.probe import HEAD_SIZE, Filesystem, partition_table, probe, read_at
 from linuxrc_agent.ssitab import BootDev, BootDevKind
+from linuxrc_agent.units import human_size
 from mkinitrd_ssi.run import log
 
 UDEV_RUN = Path("/run/udev")
-MIB = 1 << 20
 _ENC_RE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 
@@ -144,10 +144,6 @@ def _first(spec: BootDev, found: list[Probed], via: str) -> Path | None:
 # ---------------------------------------------------------------- before writing to one
 
 
-def mib(size: int) -> str:
-    return f"{size / MIB:.1f} MiB"
-
-
 def describe_fs(fs: Filesystem | None) -> str:
     if fs is None:
         return "no filesystem"
@@ -162,7 +158,7 @@ def contents(path: Path) -> str | None:
     table = partition_table(where)
     if table is not None:
         parts = "; ".join(f"partition {p.number}: {describe_fs(probe(where, p.start))}, "
-                          f"{mib(p.size)}" for p in table.partitions)
+                          f"{human_size(p.size)}" for p in table.partitions)
         return f"a {table.kind} partition table ({parts or 'no partitions'})"
     fs = probe(where)
     if fs is not None:

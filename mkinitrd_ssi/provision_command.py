@@ -19,6 +19,7 @@ from pathlib import Path
 from linuxrc_agent.partitions import BlockDev, Probed, matches
 from linuxrc_agent.probe import Filesystem, partition_table, probe
 from linuxrc_agent.ssitab import BootDevKind, Node, parse_bootdev
+from linuxrc_agent.units import human_size
 from mkinitrd_ssi import blockdev, cli, localnode
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.localsync import (
@@ -119,13 +120,13 @@ def _plan(args: argparse.Namespace, target: Path, kind: str, label: str) -> list
     """What run() would do, one line each (the dry run's output)."""
     fs = f"{args.fs} LABEL={label}"
     if kind == "partition":
-        size = blockdev.mib(size_of(target))
+        size = human_size(size_of(target))
         return [f"would make {fs} on {target} ({size}) and install extlinux on it",
                 *disk_boot_plan(target).steps(dry_run=True)]
     disk_bytes = args.size << 20 if kind == "new image" else size_of(target)
     lines = [f"would create {target}, a sparse {args.size} MiB disk image"] \
         if kind == "new image" else []
-    size = blockdev.mib(partition_bytes(target, disk_bytes))
+    size = human_size(partition_bytes(target, disk_bytes))
     return [*lines,
             f"would write a new dos partition table to {target}: partition 1 from "
             f"{START_SECTOR * SECTOR >> 20} MiB, {size}, active; Syslinux's mbr.bin as boot code",
@@ -171,7 +172,7 @@ def _done(args: argparse.Namespace, kind: str, label: str, node: Node | None) ->
     fs = probe(str(part)) if part is not None else probe(str(target), done.start)
     what = str(target) if kind == "partition" else _whole(done)
     print(f"provisioned {what}: {_fs_line(fs, f'{args.fs} LABEL={label}')}, "
-          f"{blockdev.mib(done.size)}, extlinux installed; "
+          f"{human_size(done.size)}, extlinux installed; "
           + (NEXT_HERE if part is not None else NEXT_IMAGE))
     note = _bootdev_note(node, part, fs) if part is not None else None
     if note is not None:
