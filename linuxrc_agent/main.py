@@ -418,8 +418,11 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
     from linuxrc_agent.bootpair import engine, kargs
 
     c = boot.cmdline
-    kernel = Path(NEWROOT + c.kernel)
-    initrd = Path(NEWROOT + c.initrd)
+    # The shared root itself, not a node's view of it: under the overlay that is the
+    # lower layer (the same bytes while the upper is empty, but nothing may shadow them).
+    shared = overlay.LOWER if boot.overlay else NEWROOT
+    kernel = Path(shared + c.kernel)
+    initrd = Path(shared + c.initrd)
     append = kargs.local_append(_read_first_line("/proc/cmdline"))
     dev = found.dev.path
     try:
@@ -429,7 +432,7 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
                 mount(dev, BOOT_MNT, fstype, MS_REMOUNT, None)
 
             result = engine.sync_boot_dir(Path(BOOT_MNT), kernel, initrd, append,
-                                          root=Path(NEWROOT), before_write=writable)
+                                          root=Path(shared), before_write=writable)
     except OSError as e:
         return "failed", f"{dev}: {e.strerror}"
     if result.status is nodeenv.SyncStatus.FAILED:

@@ -9,9 +9,9 @@ to the node, after the switch:
     /run/ssi/overlay           tmpfs: upper/ (what the node wrote), work/ (overlayfs's)
     /newroot                   overlay: lowerdir=/run/ssi/lower, upperdir=.../upper
 
-A root whose upper layer is empty reads exactly as its lower one: the local
-boot partition's sync, which runs after this, reads the shared root's pair
-through the overlay and gets the lower's bytes.
+The local boot partition's sync, which runs after this, reads the shared
+root's pair from the lower layer, not through the overlay: the node's writes
+(an admin's in the rescue shell, say) must never reach its boot partition.
 """
 
 from __future__ import annotations

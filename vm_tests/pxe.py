@@ -11,12 +11,19 @@ even when a test fails.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkinitrd_ssi.lilo import main as lilo
+from mkinitrd_ssi.mkdhcpd import main as mkdhcpd
+from vm_tests import cluster
 from vm_tests.netns import Netns, Proc
+from vm_tests.qemu import Disk, Nic, Vm, VmConfig
+
+REPO = Path(__file__).resolve().parent.parent
 
 SERVER_IP = "10.77.0.1"
 PREFIX = 24
@@ -40,6 +47,12 @@ class PxeNet:
         """A fresh tap on the bridge, as a QEMU -netdev spec."""
         return f"tap,ifname={self.netns.add_tap(self.bridge)},script=no,downscript=no"
 
+    def node(self, mac: str, log: Path, disks: list[Disk] | None = None) -> Vm:
+        """A machine that PXE-boots on this network (QEMU's iPXE ROM), with these disks."""
+        config = VmConfig(nics=[Nic(mac, netdev=self.netdev())], netboot=True, netns=self.ns,
+                          disks=disks or [])
+        return Vm(config, log)
+
     def dhcpd_output(self) -> str:
         return self.dhcpd.output() if self.dhcpd is not None else ""
 
@@ -57,6 +70,22 @@ class PxeNet:
         if self.dhcpd is not None:
             self.dhcpd.stop()
         self.start_dhcpd()
+
+
+def admin_tree(root: Path, kernel: Path, ramdisk: Path, cmdline: str) -> Path:
+    """The admin's tree: ssitab, dhcpd.proto, default pair; dhcpd.conf and tftpboot made by
+    the real commands (mkdhcpd.ssi, lilo.ssi --cmdline CMDLINE --no-push)."""
+    (root / "etc").mkdir(parents=True)
+    (root / "boot").mkdir()
+    (root / "etc/ssitab").write_text(cluster.SSITAB)
+    shutil.copyfile(REPO / "examples/dhcpd.proto", root / "etc/dhcpd.proto")
+    shutil.copyfile(kernel, root / "boot/vmlinuz")
+    shutil.copyfile(ramdisk, root / "boot/initrd-ssi.img")
+    if mkdhcpd(["--root", str(root)]) != 0:
+        raise RuntimeError(f"mkdhcpd.ssi failed on {root}")
+    if lilo(["--root", str(root), "--cmdline", cmdline, "--no-push"]) != 0:
+        raise RuntimeError(f"lilo.ssi failed on {root}")
+    return root
 
 
 # Unsolicited IPv6 router advertisements on the boot network, twice a second: no

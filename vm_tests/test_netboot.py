@@ -7,7 +7,6 @@ module; each test attaches its nodes on fresh tap devices.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,33 +14,20 @@ import pytest
 import xxhash
 
 from mkinitrd_ssi.lilo import main as lilo
-from mkinitrd_ssi.mkdhcpd import main as mkdhcpd
 from mkinitrd_ssi.mkinitrd import main as mkinitrd
 from vm_tests import cluster, localdisk
 from vm_tests.kernel import Kernel
-from vm_tests.pxe import PxeNet, pxe_network
+from vm_tests.pxe import PxeNet, admin_tree, pxe_network
 from vm_tests.qemu import Disk, Nic, Vm, VmConfig
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespace, taps")
 
-REPO = Path(__file__).resolve().parent.parent
 CMDLINE = f"root=LABEL={cluster.ROOT_LABEL} console=ttyS0 panic=-1 quiet"
 
 
 @pytest.fixture(scope="module")
 def admin_root(tmp_path_factory: pytest.TempPathFactory, kernel: Kernel, ramdisk: Path) -> Path:
-    """The admin's tree: ssitab, dhcpd.proto, default pair; dhcpd.conf and tftpboot made
-    by the real commands."""
-    root = tmp_path_factory.mktemp("pxeroot")
-    (root / "etc").mkdir()
-    (root / "boot").mkdir()
-    (root / "etc/ssitab").write_text(cluster.SSITAB)
-    shutil.copyfile(REPO / "examples/dhcpd.proto", root / "etc/dhcpd.proto")
-    shutil.copyfile(kernel.vmlinuz, root / "boot/vmlinuz")
-    shutil.copyfile(ramdisk, root / "boot/initrd-ssi.img")
-    assert mkdhcpd(["--root", str(root)]) == 0
-    assert lilo(["--root", str(root), "--cmdline", CMDLINE, "--no-push"]) == 0
-    return root
+    return admin_tree(tmp_path_factory.mktemp("pxeroot"), kernel.vmlinuz, ramdisk, CMDLINE)
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +38,13 @@ def net(admin_root: Path) -> Iterator[PxeNet]:
         yield net
 
 
-def pxe_vm(net: PxeNet, mac: str, log: Path, disks: list[Disk]) -> Vm:
-    config = VmConfig(nics=[Nic(mac, netdev=net.netdev())], netboot=True, netns=net.ns,
-                      disks=disks)
-    return Vm(config, log)
-
-
 def shared_root(root_images: dict[str, Path]) -> Disk:
     return Disk(root_images["plain"], extra=",snapshot=on")
 
 
 def test_diskless_node_pxe_boots_and_joins(net: PxeNet, root_images: dict[str, Path],
                                           tmp_path: Path) -> None:
-    with pxe_vm(net, cluster.MAC_N1, tmp_path / "n1.log", [shared_root(root_images)]) as vm:
+    with net.node(cluster.MAC_N1, tmp_path / "n1.log", [shared_root(root_images)]) as vm:
         env = vm.node_env(timeout=240)
     assert env["SSI_NODE"] == "1"
     assert env["SSI_IP"] == "10.77.0.11" and env["SSI_PREFIX"] == "24"
@@ -77,8 +57,8 @@ def test_local_node_pxe_boots_syncs_then_boots_from_disk_alone(
         net: PxeNet, root_images: dict[str, Path], kernel: Kernel, ramdisk: Path,
         tmp_path: Path) -> None:
     disk = localdisk.stale_disk(tmp_path, kernel.vmlinuz, CMDLINE)
-    with pxe_vm(net, cluster.MAC_N2, tmp_path / "n2-pxe.log",
-                [Disk(disk), shared_root(root_images)]) as vm:
+    with net.node(cluster.MAC_N2, tmp_path / "n2-pxe.log",
+                  [Disk(disk), shared_root(root_images)]) as vm:
         env = vm.node_env(timeout=240)
     assert (env["SSI_NODE"], env["SSI_SYNC"]) == ("2", "updated")
     on_disk = localdisk.pair_on_disk(disk)
@@ -96,7 +76,7 @@ def test_unknown_mac_gets_no_lease_then_joins_once_added(
         net: PxeNet, admin_root: Path, kernel: Kernel, root_images: dict[str, Path],
         tmp_path: Path) -> None:
     mac = cluster.MAC_UNKNOWN
-    with pxe_vm(net, mac, tmp_path / "unknown.log", [shared_root(root_images)]) as vm:
+    with net.node(mac, tmp_path / "unknown.log", [shared_root(root_images)]) as vm:
         # Two DISCOVERs and no OFFER: dhcpd saw the ROM and refused it.
         _wait_log(net, f"DHCPDISCOVER from {mac}", count=2)
         assert "DHCPOFFER on" not in _lines_for(net, mac)
@@ -107,7 +87,7 @@ def test_unknown_mac_gets_no_lease_then_joins_once_added(
     assert mkinitrd(["--root", str(admin_root), "--moddir", str(kernel.moddir)]) == 0
     assert lilo(["--root", str(admin_root), "--no-push"]) == 0
     net.restart_dhcpd()
-    with pxe_vm(net, mac, tmp_path / "added.log", [shared_root(root_images)]) as vm:
+    with net.node(mac, tmp_path / "added.log", [shared_root(root_images)]) as vm:
         env = vm.node_env(timeout=240)
     assert (env["SSI_NODE"], env["SSI_IP"], env["SSI_HOSTNAME"]) == ("5", "10.77.0.15", "n5")
 
@@ -116,7 +96,7 @@ def test_three_nodes_boot_at_once(net: PxeNet, root_images: dict[str, Path],
                                   tmp_path: Path) -> None:
     # Not node 3's two NICs as two VMs: they share one address, as they would on one machine.
     macs = {"1": cluster.MAC_N1, "3": cluster.MAC_N3_SECOND, "4": cluster.MAC_N4}
-    vms = {name: pxe_vm(net, mac, tmp_path / f"{name}.log", [shared_root(root_images)])
+    vms = {name: net.node(mac, tmp_path / f"{name}.log", [shared_root(root_images)])
            for name, mac in macs.items()}
     try:
         envs = {name: vm.node_env(timeout=360) for name, vm in vms.items()}
