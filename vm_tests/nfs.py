@@ -2,7 +2,8 @@
 
 The machines' kernels have no nfsd, so the server is nfs-ganesha (user space,
 VFS backend), exporting a host directory read-only under one path for NFSv4
-(its pseudo path) and NFSv3 alike (`mount_path_pseudo`). `Graceless = true`
+(its pseudo path) and NFSv3 alike (`mount_path_pseudo`), and once more as
+PRIVATE for an address no test node has (access denied). `Graceless = true`
 lets it serve at once instead of after a 90 s grace period.
 
 Ganesha registers NFSv3 and MOUNT with rpcbind and blocks at start-up until
@@ -35,6 +36,8 @@ from vm_tests.netns import HarnessError, Netns, Proc, wait_until
 SERVER_IP = "10.77.0.1"
 PREFIX = 24
 PSEUDO = "/srv/ssiroot"
+PRIVATE = "/srv/private"  # exported to PRIVATE_CLIENT only
+PRIVATE_CLIENT = "10.77.0.99"
 READY = "NFS SERVER INITIALIZED"
 NFS_PORT = 2049
 MNT_PORT = 20048
@@ -63,6 +66,19 @@ EXPORT {{
     SecType = sys;
     Protocols = 3, 4;
     Transports = TCP;
+    FSAL {{ Name = VFS; }}
+}}
+# The same tree for one client only, an address no test node has: access denied.
+EXPORT {{
+    Export_Id = 2;
+    Path = "{export}";
+    Pseudo = "{private}";
+    Access_Type = None;
+    Squash = No_Root_Squash;
+    SecType = sys;
+    Protocols = 3, 4;
+    Transports = TCP;
+    CLIENT {{ Clients = {private_client}; Access_Type = RO; }}
     FSAL {{ Name = VFS; }}
 }}
 LOG {{ Default_Log_Level = EVENT; }}
@@ -118,7 +134,8 @@ class NfsServer:
         (self.workdir / "recovery").mkdir(exist_ok=True)
         (self.workdir / "ganesha.conf").write_text(CONFIG.format(
             nfs_port=NFS_PORT, mnt_port=MNT_PORT, workdir=self.workdir, export=self.export,
-            pseudo=self.pseudo, access="RO" if self.read_only else "RW"))
+            pseudo=self.pseudo, access="RO" if self.read_only else "RW", private=PRIVATE,
+            private_client=PRIVATE_CLIENT))
         self.log.unlink(missing_ok=True)
         self.proc = self.netns.popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", LAUNCH, "ganesha",

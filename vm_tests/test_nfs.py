@@ -123,25 +123,33 @@ def test_two_diskless_nodes_write_through_their_overlays_and_the_export_stays_as
     assert (export / "etc" / "motd").read_text() == "the shared root\n"
 
 
-def test_without_overlay_the_root_is_read_only_and_a_wrong_export_is_named(
+def test_without_overlay_the_root_is_read_only_and_refusals_are_named(
         net: NfsNet, kernel: Kernel, ramdisk: Path, vms: ExitStack, tmp_path: Path) -> None:
+    # Three nodes at once: NFSv3 read-only; an export that does not exist; one not for us
+    # (over NFSv3: an NFSv4 server hides an export from a client it refuses: ENOENT).
     v3 = net.server.root("nfs", "vers=3")
     ro = nfs_vm(vms, net, kernel, ramdisk, cluster.MAC_N1, f"root={v3} init={CHECK_INIT}",
                 tmp_path / "ro.log")
     wrong = net.server.root("nfs4", path="/srv/no-such-root")
-    bad = nfs_vm(vms, net, kernel, ramdisk, cluster.MAC_N3, f"root={wrong} ssi.timeout=5",
-                 tmp_path / "wrong.log")
+    absent = nfs_vm(vms, net, kernel, ramdisk, cluster.MAC_N3, f"root={wrong}",
+                    tmp_path / "wrong.log")
+    private = net.server.root("nfs", "vers=3", path=nfs.PRIVATE)
+    denied = nfs_vm(vms, net, kernel, ramdisk, cluster.MAC_N4, f"root={private}",
+                    tmp_path / "denied.log")
     env = ro.node_env(timeout=240)
     assert (env["SSI_NODE"], env["SSI_ROOT"], env["SSI_OVERLAY"]) == ("1", v3, "")
     assert "SSI-WRITE refused motd=[the shared root]" in ro.output()
     fstype, options = mounts(ro)["/"]
     assert fstype == "nfs" and options.startswith("ro,") and "vers=3" in options
     assert "nolock" in options
-    bad.wait_for(r"linuxrc: .*FATAL.*NFS root 10\.77\.0\.1:/srv/no-such-root: the server has "
-                 r"no export /srv/no-such-root \(ENOENT, NFS 4\.2\)", timeout=240)
-    bad.wait_for(RESCUE)
-    assert INIT_MARKER not in bad.output() and "Kernel panic" not in bad.output()
-    assert "waiting for the NFS server" not in bad.output()  # a no is not waited on
+    absent.wait_for(r"linuxrc: .*FATAL.*NFS root 10\.77\.0\.1:/srv/no-such-root: the server "
+                    r"has no export /srv/no-such-root \(ENOENT, NFS 4\.2\)", timeout=240)
+    denied.wait_for(r"linuxrc: .*FATAL.*NFS root 10\.77\.0\.1:/srv/private: access denied by "
+                    r"10\.77\.0\.1 \(E(ACCES|PERM), NFS 3\)", timeout=240)
+    for vm in (absent, denied):
+        vm.wait_for(RESCUE)
+        assert INIT_MARKER not in vm.output() and "Kernel panic" not in vm.output()
+        assert "waiting for the NFS server" not in vm.output()  # a no is not waited on
 
 
 def test_server_down_at_boot_gives_the_rescue_shell_and_exit_joins_once_it_is_up(
