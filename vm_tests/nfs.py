@@ -44,7 +44,7 @@ MNT_PORT = 20048
 
 CONFIG = """\
 NFS_CORE_PARAM {{
-    Protocols = 3, 4;
+    Protocols = {protocols};
     NFS_Port = {nfs_port};
     MNT_Port = {mnt_port};
     Enable_NLM = false;
@@ -115,6 +115,7 @@ class NfsServer:
     export: Path
     pseudo: str = PSEUDO
     read_only: bool = True
+    protocols: str = "3, 4"  # what the server speaks at all ("3": an NFSv3-only server)
     address: str = SERVER_IP
     proc: Proc | None = None
 
@@ -135,7 +136,7 @@ class NfsServer:
         (self.workdir / "ganesha.conf").write_text(CONFIG.format(
             nfs_port=NFS_PORT, mnt_port=MNT_PORT, workdir=self.workdir, export=self.export,
             pseudo=self.pseudo, access="RO" if self.read_only else "RW", private=PRIVATE,
-            private_client=PRIVATE_CLIENT))
+            private_client=PRIVATE_CLIENT, protocols=self.protocols))
         self.log.unlink(missing_ok=True)
         self.proc = self.netns.popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", LAUNCH, "ganesha",

@@ -155,20 +155,26 @@ def test_without_overlay_the_root_is_read_only_and_refusals_are_named(
 def test_server_down_at_boot_gives_the_rescue_shell_and_exit_joins_once_it_is_up(
         export: Path, kernel: Kernel, ramdisk: Path, vms: ExitStack, tmp_path: Path) -> None:
     with nfs_network(tmp_path / "net", export, start=False) as net:
-        root = net.server.root("nfs4")
+        root = net.server.root("nfs")
         vm = nfs_vm(vms, net, kernel, ramdisk, cluster.MAC_N1,
-                    f"root={root} ssi.overlay=tmpfs ssi.timeout=4", tmp_path / "n1.log")
+                    f"root={root} ssi.overlay=tmpfs ssi.timeout=4 init={CHECK_INIT}",
+                    tmp_path / "n1.log")
         vm.wait_for(r"linuxrc: .*waiting for the NFS server 10\.77\.0\.1 \(Connection refused\)",
                     timeout=240)
         vm.wait_for(r"linuxrc: .*FATAL.*NFS root 10\.77\.0\.1:/srv/ssiroot: no answer from "
                     r"10\.77\.0\.1 on port 2049 within \d+ s \(Connection refused\)")
         vm.wait_for(RESCUE)
         assert INIT_MARKER not in vm.output()
+        # The server that comes up speaks NFSv3 only: nfs: finds no v4 and falls back.
+        net.server.protocols = "3"
         net.server.start()
         vm.send("exit\n")
         vm.wait_for(r"linuxrc: .*retrying stage root")
         env = vm.node_env(timeout=120)
     assert (env["SSI_NODE"], env["SSI_ROOT"], env["SSI_OVERLAY"]) == ("1", root, "tmpfs")
+    fstype, options = mounts(vm)["/run/ssi/lower"]
+    assert fstype == "nfs" and "vers=3" in options
+    assert "SSI-WRITE ok motd=[written by n1]" in vm.output()
 
 
 def test_local_boot_node_syncs_its_partition_from_the_pair_on_the_nfs_root(
