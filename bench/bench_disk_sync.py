@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from linuxrc_agent.bootpair.engine import sync_boot_dir
 from linuxrc_agent.nodeenv import SyncStatus
-from mkinitrd_ssi.localsync import attach, mounted, provision, publish_manifest
+from mkinitrd_ssi.local.partition import attach, mounted, provision, publish_manifest
 
 MIB = 1 << 20
 APPEND = "root=LABEL=ssiroot console=ttyS0,115200"

@@ -555,7 +555,13 @@ def parse(text: str, path: str = DEFAULT_PATH) -> Ssitab:
             gc.enable()
 
 
+def parse_bytes(data: bytes, path: str = DEFAULT_PATH) -> Ssitab:
+    """The table in a file's bytes, read as a text file reads (any newline convention)."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    return parse(text.replace("\r\n", "\n").replace("\r", "\n"), path)
+
+
 def load(path: str = DEFAULT_PATH) -> Ssitab:
     """Read and parse `path`; OSError propagates to the caller, which knows the context."""
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        return parse(f.read(), path)
+    with open(path, "rb") as f:
+        return parse_bytes(f.read(), path)

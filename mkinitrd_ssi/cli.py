@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from linuxrc_agent.ssitab import Ssitab, SsitabError, load
+from linuxrc_agent.ssitab import Ssitab, SsitabError, parse_bytes
 from mkinitrd_ssi.errors import SsiError
 
 log = logging.getLogger("ssi")
@@ -43,14 +43,20 @@ def ssitab_path(args: argparse.Namespace) -> Path:
     return args.ssitab if args.ssitab is not None else Root(args.root)("/etc/ssitab")
 
 
-def load_ssitab(path: Path) -> Ssitab:
+def read_ssitab(path: Path) -> tuple[Ssitab, bytes]:
+    """The table, and the very bytes it was parsed from (what a ramdisk must carry)."""
     try:
-        return load(str(path))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise SsiError(f"{path}: no such file", hint="create the node table "
                        "(see README: ssitab) or pass --ssitab FILE") from None
     except OSError as e:
         raise SsiError(f"{path}: {e.strerror}") from None
+    return parse_bytes(data, str(path)), data
+
+
+def load_ssitab(path: Path) -> Ssitab:
+    return read_ssitab(path)[0]
 
 
 def _setup_logging(prog: str, verbose: bool, debug: bool) -> None:

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from linuxrc_agent import cmdline
-from mkinitrd_ssi import cli, netboot
-from mkinitrd_ssi.atomic import replace_if_changed, staged_file
+from mkinitrd_ssi import cli
+from mkinitrd_ssi.atomic import staged_file
 from mkinitrd_ssi.errors import SsiError
-from mkinitrd_ssi.localsync import publish_manifest
+from mkinitrd_ssi.local.partition import publish_manifest
+from mkinitrd_ssi.netboot import publish
+from mkinitrd_ssi.netboot.cmdline_file import cluster_cmdline
 from mkinitrd_ssi.run import log
 
 PROG = "lilo.ssi"
-CMDLINE_FILE = "/etc/ssi/cmdline"
 BUILT_INITRD = "/boot/initrd-ssi.img"  # mkinitrd.ssi's default output
 
 
@@ -121,31 +121,6 @@ def _provision_arguments(group: argparse._ArgumentGroup) -> None:
                        "exist)")
 
 
-def _checked_cmdline(text: str) -> str:
-    """--cmdline as the kernel will read it, in the spelling every config keeps."""
-    args = netboot.check_cmdline(text)
-    if not any(w.key == "root" and w.value for w in args.kernel):
-        raise SsiError("--cmdline has no root=", hint="name the shared root, e.g. "
-                       "--cmdline 'root=LABEL=ssiroot console=ttyS0'")
-    return cmdline.join(args)
-
-
-def cluster_cmdline(args: argparse.Namespace, root: cli.Root, *, keep: bool) -> str:
-    """--cmdline (kept in ROOT/etc/ssi/cmdline when keep), else the kept one."""
-    path = root(CMDLINE_FILE)
-    if args.cmdline is not None:
-        text = _checked_cmdline(args.cmdline)
-        if keep and not args.dry_run:
-            replace_if_changed(path, (text + "\n").encode(), backup=False)
-        return text
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        raise SsiError(f"no kernel command line: {path} does not exist",
-                       hint="pass it once: lilo.ssi --cmdline 'root=LABEL=ssiroot "
-                       "console=ttyS0'") from None
-
-
 def _default_initrd(root: cli.Root, dry_run: bool) -> Path:
     """ROOT/boot/initrd.img, replaced first by a newer mkinitrd.ssi build."""
     default, built = root("/boot/initrd.img"), root(BUILT_INITRD)
@@ -178,7 +153,7 @@ def _check_provision(args: argparse.Namespace) -> None:
                         ("--json", args.json), ("--nodes", args.nodes)):
         if given:
             raise _usage(f"{name} does not go with --provision")
-    from mkinitrd_ssi.provision_command import label_problem
+    from mkinitrd_ssi.local.provision import label_problem
 
     problem = None if args.label is None else label_problem(args.label, args.fs)
     if problem is not None:
@@ -196,18 +171,25 @@ def _check_modes(args: argparse.Namespace) -> None:
         raise _usage("--hashes and --from do not go together")
 
 
-def publish(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     _check_modes(args)
     root = cli.Root(args.root)
     if args.provision is not None:
-        from mkinitrd_ssi import provision_command
+        from mkinitrd_ssi.local import provision
 
-        return provision_command.run(args)
+        return provision.run(provision.ProvisionOptions(
+            device=args.provision, ssitab=cli.ssitab_path(args),
+            ssitab_given=args.ssitab is not None, force=args.force, fs=args.fs,
+            label=args.label, size=args.size, dry_run=args.dry_run))
     if args.local_only:
-        from mkinitrd_ssi import local_command
+        from mkinitrd_ssi.local import command
 
-        return local_command.run(args, root)
-    cmdline = cluster_cmdline(args, root, keep=True)
+        return command.run(command.LocalOptions(
+            root=root, ssitab=cli.ssitab_path(args), boot_dir=args.boot_dir,
+            hashes=args.hashes, from_spool=args.from_spool, json=args.json,
+            dry_run=args.dry_run, kernel=args.kernel, initrd=args.initrd,
+            cmdline=args.cmdline))
+    cmdline = cluster_cmdline(root, args.cmdline, keep=True, dry_run=args.dry_run)
     kernel = args.kernel or root("/boot/vmlinuz")
     initrd = args.initrd or _default_initrd(root, args.dry_run)
     tftpboot = args.tftpboot or root("/tftpboot")
@@ -217,7 +199,7 @@ def publish(args: argparse.Namespace) -> int:
         print(f"would publish {kernel} and {initrd} into {tftpboot} with: {cmdline}", file=out)
         published: dict[str, Any] = {"set": None, "changed": []}
     else:
-        result = netboot.publish(tftpboot, kernel, initrd, cmdline)
+        result = publish.publish(tftpboot, kernel, initrd, cmdline)
         if kernel.parent == initrd.parent == root("/boot"):
             # Booting local nodes copy the shared root's default pair only when
             # it matches this manifest, so they never take a half-installed one.
@@ -226,17 +208,25 @@ def publish(args: argparse.Namespace) -> int:
         print(f"{tftpboot}: {state} (set {result.set_name})", file=out)
         published = {"set": result.set_name, "changed": result.changed}
         # Push what was published, byte for byte: the content-named set never changes.
-        kernel = tftpboot / netboot.SETS_DIR / result.set_name / "vmlinuz"
-        initrd = tftpboot / netboot.SETS_DIR / result.set_name / "initrd.img"
+        kernel = tftpboot / publish.SETS_DIR / result.set_name / "vmlinuz"
+        initrd = tftpboot / publish.SETS_DIR / result.set_name / "initrd.img"
     if args.no_push:
         return 0
-    from mkinitrd_ssi import push_command
+    from mkinitrd_ssi.push import command as push
+    from mkinitrd_ssi.push.fanout import PushOptions
 
-    return push_command.run(args, kernel, initrd, cmdline, published)
+    job = push.PushJob(
+        ssitab=cli.ssitab_path(args), ssitab_given=args.ssitab is not None, nodes=args.nodes,
+        address=args.address, json=args.json, verbose=args.verbose,
+        transport=PushOptions(fanout=args.fanout, connect_timeout=args.connect_timeout,
+                              timeout=args.timeout, ssh_options=tuple(args.ssh_option),
+                              remote_lilo=args.remote_lilo, remote_spool=args.remote_spool,
+                              dry_run=args.dry_run))
+    return push.run(job, kernel, initrd, cmdline, published)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run_main(PROG, build_parser(), publish, argv)
+    return cli.run_main(PROG, build_parser(), run, argv)
 
 
 entry = cli.entry_point(main)

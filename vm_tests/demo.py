@@ -23,7 +23,7 @@ from pathlib import Path
 
 from linuxrc_agent.bootpair.manifest import MANIFEST_NAME
 from mkinitrd_ssi.lilo import main as lilo
-from mkinitrd_ssi.localsync import provision
+from mkinitrd_ssi.local.partition import provision
 from mkinitrd_ssi.mkinitrd import main as mkinitrd
 from vm_tests import cluster, images
 from vm_tests.kernel import kernel as fetch_kernel

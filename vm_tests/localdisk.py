@@ -7,7 +7,7 @@ from pathlib import Path
 
 import xxhash
 
-from mkinitrd_ssi.localsync import attach, local_only, mounted, provision
+from mkinitrd_ssi.local.partition import attach, local_only, mounted, provision
 from vm_tests import cluster
 
 

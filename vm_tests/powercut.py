@@ -36,8 +36,8 @@ from pathlib import Path
 from linuxrc_agent.bootpair.extlinux import EXTLINUX
 from linuxrc_agent.bootpair.fileops import hash_file
 from linuxrc_agent.bootpair.pair import SSI_DIR
-from mkinitrd_ssi.cpio import Entry, write_newc
-from mkinitrd_ssi.localsync import attach, local_only, mounted, provision, publish_manifest
+from mkinitrd_ssi.initrd.cpio import Entry, write_newc
+from mkinitrd_ssi.local.partition import attach, local_only, mounted, provision, publish_manifest
 from mkinitrd_ssi.run import run
 from vm_tests import cluster, images
 from vm_tests.kernel import Kernel

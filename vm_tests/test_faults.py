@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from mkinitrd_ssi.cpio import Entry, write_newc
-from mkinitrd_ssi.image import read_image
-from mkinitrd_ssi.localsync import publish_manifest
+from mkinitrd_ssi.initrd.cpio import Entry, write_newc
+from mkinitrd_ssi.initrd.image import read_image
+from mkinitrd_ssi.local.partition import publish_manifest
 from vm_tests import cluster, images, powercut
 from vm_tests.conftest import BootVm
 from vm_tests.kernel import Kernel

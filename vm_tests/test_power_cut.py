@@ -23,7 +23,7 @@ import pytest
 
 from linuxrc_agent.bootpair.extlinux import EXTLINUX
 from linuxrc_agent.bootpair.pair import FileId, LocalPair, PairMember, member_name
-from mkinitrd_ssi.localsync import attach, mounted
+from mkinitrd_ssi.local.partition import attach, mounted
 from mkinitrd_ssi.run import run
 from vm_tests import powercut
 from vm_tests.kernel import Kernel

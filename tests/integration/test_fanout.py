@@ -21,8 +21,9 @@ import pytest
 
 from linuxrc_agent.bootpair.engine import sync_boot_dir
 from linuxrc_agent.ssitab import BootDev, BootDevKind, Node
-from mkinitrd_ssi import localnode, pairspool
-from mkinitrd_ssi.localsync import local_only
+from mkinitrd_ssi.local import node as localnode
+from mkinitrd_ssi.local.partition import local_only
+from mkinitrd_ssi.push import spool as pairspool
 from vm_tests import netns
 from vm_tests.sshnodes import SshCluster, wait_gone
 

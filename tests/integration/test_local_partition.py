@@ -21,9 +21,9 @@ from linuxrc_agent.bootpair.engine import sync_boot_dir
 from linuxrc_agent.bootpair.extlinux import EXTLINUX
 from linuxrc_agent.bootpair.fileops import hash_file
 from linuxrc_agent.nodeenv import SyncStatus
-from mkinitrd_ssi.cpio import Archive
+from mkinitrd_ssi.initrd.cpio import Archive
 from mkinitrd_ssi.lilo import main as lilo_ssi
-from mkinitrd_ssi.localsync import MBR_BIN, attach, local_only, mounted, provision
+from mkinitrd_ssi.local.partition import MBR_BIN, attach, local_only, mounted, provision
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices"),

@@ -19,7 +19,7 @@ import xxhash
 from linuxrc_agent import mac_match
 from linuxrc_agent.probe import partition_table, probe
 from mkinitrd_ssi.lilo import main
-from mkinitrd_ssi.localsync import MBR_BIN, attach, mounted
+from mkinitrd_ssi.local.partition import MBR_BIN, attach, mounted
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices"),

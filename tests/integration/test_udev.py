@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from linuxrc_agent.ssitab import BootDev, parse_bootdev
-from mkinitrd_ssi import blockdev
-from mkinitrd_ssi.localsync import attach
+from mkinitrd_ssi.local import blockdev
+from mkinitrd_ssi.local.partition import attach
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for udevd and loops"),

@@ -15,7 +15,8 @@ import pytest
 
 from linuxrc_agent.partitions import BlockDev, matches
 from linuxrc_agent.ssitab import BootDev, BootDevKind, parse_bootdev
-from mkinitrd_ssi import blockdev, localnode
+from mkinitrd_ssi.local import blockdev
+from mkinitrd_ssi.local import node as localnode
 from tests.unit.test_agent_partitions import FakeSystem
 
 MiB = 1 << 20

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from linuxrc_agent import cmdline
 from linuxrc_agent.bootpair.kargs import TRANSPORT_KEYS, local_append
 from linuxrc_agent.cmdline import CmdlineError, join, parse, tokenize, without
-from mkinitrd_ssi import netboot
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.lilo import main as lilo_main
+from mkinitrd_ssi.netboot import publish as netboot
 
 SPACE = " \t\n\v\f\r"
 Words = list[tuple[str, str | None]]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mkinitrd_ssi.cpio import (
+from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.initrd.cpio import (
     Archive,
     Entry,
     Newc,
@@ -20,7 +21,6 @@ from mkinitrd_ssi.cpio import (
     walk,
     write_newc,
 )
-from mkinitrd_ssi.errors import SsiError
 
 pytestmark = pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mkinitrd_ssi import elf
 from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.initrd import elf
 
 TRIPLET = "x86_64-linux-gnu"
 needs_host = pytest.mark.skipif(

@@ -12,10 +12,11 @@ import pytest
 from linuxrc_agent.bootpair.extlinux import EXTLINUX
 from linuxrc_agent.bootpair.pair import FileId, LocalPair, PairMember, member_name
 from linuxrc_agent.ssitab import parse
-from mkinitrd_ssi import localnode, pairspool
 from mkinitrd_ssi.errors import SsiError
-from mkinitrd_ssi.fanout import PushOptions, _Outcome, _Push, ssh_options_string
-from mkinitrd_ssi.fanout_report import (
+from mkinitrd_ssi.local import node as localnode
+from mkinitrd_ssi.push import spool as pairspool
+from mkinitrd_ssi.push.fanout import PushOptions, _Outcome, _Push, ssh_options_string
+from mkinitrd_ssi.push.report import (
     NodeResult,
     Progress,
     Status,
@@ -326,7 +327,7 @@ def test_installed_pair_hashes_the_files_the_config_names(tmp_path: Path) -> Non
 
 
 def test_a_nodes_reply_is_capped_and_deep_json_is_no_answer() -> None:
-    from mkinitrd_ssi import fanout
+    from mkinitrd_ssi.push import fanout
 
     collector = fanout._Collector(lambda node: None)
     for _ in range(100):
@@ -341,7 +342,7 @@ def test_a_nodes_reply_is_capped_and_deep_json_is_no_answer() -> None:
 
 
 def test_node_text_is_escaped_and_bounded() -> None:
-    from mkinitrd_ssi.fanout_report import MAX_DETAIL, shown
+    from mkinitrd_ssi.push.report import MAX_DETAIL, shown
 
     assert shown("ok: wrote kernel") == "ok: wrote kernel"
     assert shown("\x1b[2J\x1b]0;t\x07x\u2028") == "\\x1b[2J\\x1b]0;t\\x07x\\u2028"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from mkinitrd_ssi import image
-from mkinitrd_ssi.cpio import Archive, Entry, read_archive, read_entries
 from mkinitrd_ssi.errors import SsiError
-from mkinitrd_ssi.image import Compression, SegmentCache
+from mkinitrd_ssi.initrd import image
+from mkinitrd_ssi.initrd.cpio import Archive, Entry, read_archive, read_entries
+from mkinitrd_ssi.initrd.image import Compression, SegmentCache
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from mkinitrd_ssi import kmod
 from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.initrd import kmod
 from tests.unit.fake_ko import fake_ko
 from vm_tests import kernel
 

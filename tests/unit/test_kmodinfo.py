@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from linuxrc_agent import kmodinfo
 from linuxrc_agent.kmodinfo import AliasIndex, ModInfo
-from mkinitrd_ssi import kmod
+from mkinitrd_ssi.initrd import kmod
 from tests.unit.fake_ko import fake_ko
 from vm_tests import kernel
 

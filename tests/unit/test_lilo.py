@@ -10,7 +10,7 @@ import pytest
 import xxhash
 
 from mkinitrd_ssi.lilo import main
-from mkinitrd_ssi.netboot import KEEP_SETS, pair_hash
+from mkinitrd_ssi.netboot.publish import KEEP_SETS, pair_hash
 
 CMDLINE = "root=LABEL=ssiroot console=ttyS0"
 
@@ -178,7 +178,7 @@ def test_local_only_options_alone_are_usage_errors(
 
 def test_a_set_is_durable_before_any_config_names_it(
         tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mkinitrd_ssi import netboot
+    from mkinitrd_ssi.netboot import publish as netboot
 
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace

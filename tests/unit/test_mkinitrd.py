@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from mkinitrd_ssi import freeze, image, mkinitrd
-from mkinitrd_ssi.cpio import Archive, Member
-from mkinitrd_ssi.image import Compression
+from mkinitrd_ssi.initrd import build as initrd_build
+from mkinitrd_ssi.initrd import freeze, image
+from mkinitrd_ssi.initrd import skel as initrd_skel
+from mkinitrd_ssi.initrd.cpio import Archive, Member
+from mkinitrd_ssi.initrd.image import Compression
 from mkinitrd_ssi.mkinitrd import main
 from tests.unit.fake_ko import fake_ko
 
@@ -33,7 +35,7 @@ TABLE = """\
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A snapshot of the agent's sources: they may be edited while the tests run."""
     dest = tmp_path_factory.mktemp("agent") / "linuxrc_agent"
-    shutil.copytree(mkinitrd.AGENT_PACKAGE, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(initrd_build.AGENT_PACKAGE, dest, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
@@ -47,7 +49,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory, agent: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def env(cache: Path, agent: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(mkinitrd, "AGENT_PACKAGE", agent)
+    monkeypatch.setattr(initrd_build, "AGENT_PACKAGE", agent)
     monkeypatch.setenv("SSI_CACHE", str(cache))
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     # A cold cache costs seconds of compression; what is tested holds at any level.
@@ -277,7 +279,7 @@ def test_skel_is_copied_but_never_overrides(root: Path, tmp_path: Path,
     (skel / "bin/hello").write_text("#!/bin/sh\necho hi\n")
     (skel / "bin/hello").chmod(0o775)
     (skel / "etc/motd").chmod(0o600)
-    monkeypatch.setattr(mkinitrd, "SKEL", skel)
+    monkeypatch.setattr(initrd_skel, "SKEL", skel)
     assert build(root, "--compress", "none", "--no-dhcpd") == 0
     got = members(root / "boot/initrd-ssi.img")
     assert got["etc/motd"].data == b"welcome\n" and got["etc/ssitab"].data == TABLE.encode()
@@ -290,14 +292,14 @@ def test_skel_is_copied_but_never_overrides(root: Path, tmp_path: Path,
 
 
 def test_packaged_skeleton_is_in_every_image(root: Path) -> None:
-    skel = mkinitrd.packaged_skel()
+    skel = initrd_skel.packaged_skel()
     assert skel == Path(__file__).resolve().parents[2] / "ramdisk_skel"  # the checkout's
     files = [p for p in skel.rglob("*") if p.is_file()]
     assert {"etc/passwd", "etc/group", "etc/profile"} <= {str(p.relative_to(skel))
                                                           for p in files}
     assert build(root, "--compress", "none", "--no-dhcpd") == 0
     got = members(root / "boot/initrd-ssi.img")
-    origins = mkinitrd.read_manifest(list(got.values()))
+    origins = initrd_skel.read_manifest(list(got.values()))
     for path in files:
         rel = str(path.relative_to(skel))
         assert got[rel].data == path.read_bytes(), rel
@@ -309,7 +311,7 @@ def test_packaged_skeleton_is_in_every_image(root: Path) -> None:
 def test_missing_packaged_skeleton_is_an_error(root: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(mkinitrd, "SKEL", tmp_path / "gone")
+    monkeypatch.setattr(initrd_skel, "SKEL", tmp_path / "gone")
     assert build(root, "--no-dhcpd") == 1
     err = capsys.readouterr().err
     assert "no ramdisk skeleton" in err and "reinstall ssi-boot" in err
@@ -334,7 +336,7 @@ def test_ramdisk_d_wins_over_the_skeleton(root: Path) -> None:
     assert got["etc/issue"].target == "motd"
     assert got["usr/share/keys/admin.pub"].data.startswith(b"ssh-ed25519")
     assert got["etc/passwd"].data.startswith(b"root:")  # the rest of the skeleton stays
-    origins = mkinitrd.read_manifest(list(got.values()))
+    origins = initrd_skel.read_manifest(list(got.values()))
     assert origins["etc/profile"] == "ramdisk.d ROOT/etc/ssi/ramdisk.d/etc/profile"
     assert origins["usr/share"] == "ramdisk.d ROOT/etc/ssi/ramdisk.d/usr/share"
     assert origins["etc/passwd"] == "skel"
@@ -369,7 +371,7 @@ def test_skel_option_layers_instead_of_ramdisk_d(root: Path, tmp_path: Path,
     got = members(root / "boot/initrd-ssi.img")
     assert got["etc/profile"].data == b"second\n" and got["etc/only-first"].data == b"1\n"
     assert "etc/motd" not in got  # --skel replaces ROOT/etc/ssi/ramdisk.d
-    origins = mkinitrd.read_manifest(list(got.values()))
+    origins = initrd_skel.read_manifest(list(got.values()))
     assert origins["etc/profile"] == f"--skel {second}/etc/profile"
     assert build(root, "--skel", str(tmp_path / "nope"), "--no-dhcpd") == 1
     assert "nope: no such directory (from --skel)" in capsys.readouterr().err
@@ -408,7 +410,7 @@ def test_list(root: Path, how: str, capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines == sorted(members(root / "boot/initrd-ssi.img"), key=os.fsencode)
     assert {"init", "linuxrc", "dev/console", "etc/ssitab", "etc/passwd",
-            mkinitrd.MANIFEST} <= set(lines)
+            initrd_skel.MANIFEST} <= set(lines)
 
 
 def test_list_verbose_says_where_each_member_came_from(
@@ -435,7 +437,7 @@ def test_list_verbose_says_where_each_member_came_from(
     assert rows[f"{base}/modules.dep"][2] == "generated"
     assert rows["etc/ssi/modules"][2] == "generated"
     assert rows["lib/firmware/vblk/fw.bin"][2] == "firmware"
-    assert rows[mkinitrd.MANIFEST][2] == "generated"
+    assert rows[initrd_skel.MANIFEST][2] == "generated"
     assert [path for path, row in rows.items() if row[2] == "-"] == []
     assert len(lines) == len(members(root / "boot/initrd-ssi.img"))
 
@@ -466,7 +468,7 @@ def test_agent_without_entry_script_is_an_error(root: Path, tmp_path: Path,
     pkg = tmp_path / "pkg" / "linuxrc_agent"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    monkeypatch.setattr(mkinitrd, "AGENT_PACKAGE", pkg)
+    monkeypatch.setattr(initrd_build, "AGENT_PACKAGE", pkg)
     assert build(root, "--no-dhcpd") == 1
     assert "__main__.py: no such file" in capsys.readouterr().err
 

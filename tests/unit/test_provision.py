@@ -15,7 +15,7 @@ import xxhash
 
 from linuxrc_agent import mac_match
 from mkinitrd_ssi.lilo import main
-from mkinitrd_ssi.provision_command import label_problem
+from mkinitrd_ssi.local.provision import label_problem
 
 MiB = 1 << 20
 

@@ -31,8 +31,8 @@ from ClusterShell.NodeSet import NodeSet
 from ClusterShell.Task import Task, task_self
 
 from linuxrc_agent.units import human_size
-from mkinitrd_ssi.fanout_report import NodeResult, Progress, Status, Target, shown, ssh_failure
-from mkinitrd_ssi.pairspool import Pair, Staged
+from mkinitrd_ssi.push.report import NodeResult, Progress, Status, Target, shown, ssh_failure
+from mkinitrd_ssi.push.spool import Pair, Staged
 
 # Options every ssh and scp of a push gets after the admin's own (ssh keeps
 # the first value it is given, so --ssh-option overrides these).

@@ -16,10 +16,10 @@ from linuxrc_agent.bootpair.extlinux import EXTLINUX
 from linuxrc_agent.bootpair.fileops import hash_file
 from linuxrc_agent.bootpair.pair import Bootloader
 from linuxrc_agent.ssitab import BootDev, Node, Ssitab
-from mkinitrd_ssi import blockdev
 from mkinitrd_ssi.errors import SsiError
-from mkinitrd_ssi.localsync import mounted
-from mkinitrd_ssi.pairspool import Pair
+from mkinitrd_ssi.local import blockdev
+from mkinitrd_ssi.local.partition import mounted
+from mkinitrd_ssi.push.spool import Pair
 from mkinitrd_ssi.run import log
 
 

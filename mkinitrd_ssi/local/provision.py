@@ -12,17 +12,19 @@ fills it.
 
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from linuxrc_agent.partitions import BlockDev, Probed, matches
 from linuxrc_agent.probe import Filesystem, partition_table, probe
 from linuxrc_agent.ssitab import BootDevKind, Node, parse_bootdev
 from linuxrc_agent.units import human_size
-from mkinitrd_ssi import blockdev, cli, localnode
+from mkinitrd_ssi import cli
 from mkinitrd_ssi.errors import SsiError
-from mkinitrd_ssi.localsync import (
+from mkinitrd_ssi.local import blockdev
+from mkinitrd_ssi.local import node as local_node
+from mkinitrd_ssi.local.partition import (
     SECTOR,
     START_SECTOR,
     Provisioned,
@@ -44,6 +46,18 @@ NEXT_IMAGE = ("next: boot a node from it (its agent fills it), or mount partitio
               "lilo.ssi --local-only --boot-dir DIR")
 
 
+@dataclass(frozen=True)
+class ProvisionOptions:
+    device: Path
+    ssitab: Path
+    ssitab_given: bool  # --ssitab: a missing table is then an error, not "no node"
+    force: bool = False
+    fs: str = "ext4"
+    label: str | None = None  # default: this node's LABEL= bootdev, else ssiboot
+    size: int | None = None  # MiB of a disk image to create
+    dry_run: bool = False
+
+
 def label_problem(label: str, fs: str) -> str | None:
     """Why --label cannot be the boot partition's label, or None."""
     if parse_bootdev(f"LABEL={label}") is None:
@@ -58,13 +72,13 @@ def label_problem(label: str, fs: str) -> str | None:
     return None
 
 
-def _this_node(args: argparse.Namespace) -> Node | None:
+def _this_node(args: ProvisionOptions) -> Node | None:
     """This machine's ssitab entry, or None when there is no table or no entry."""
-    path = cli.ssitab_path(args)
-    if args.ssitab is None and not path.exists():
+    path = args.ssitab
+    if not args.ssitab_given and not path.exists():
         return None
     try:
-        return localnode.this_node(cli.load_ssitab(path))
+        return local_node.this_node(cli.load_ssitab(path))
     except SsiError as e:
         log.info("%s", e)
         return None
@@ -100,7 +114,7 @@ def _kind(target: Path, size_mib: int | None) -> str:
     return "new image"
 
 
-def _refuse_or_warn(args: argparse.Namespace, target: Path) -> None:
+def _refuse_or_warn(args: ProvisionOptions, target: Path) -> None:
     in_use = blockdev.users(target)
     if in_use:
         raise SsiError(f"{target} is in use: {'; '.join(in_use)}",
@@ -116,14 +130,15 @@ def _refuse_or_warn(args: argparse.Namespace, target: Path) -> None:
                 "it would be destroyed" if args.dry_run else "destroying it")
 
 
-def _plan(args: argparse.Namespace, target: Path, kind: str, label: str) -> list[str]:
+def _plan(args: ProvisionOptions, target: Path, kind: str, label: str) -> list[str]:
     """What run() would do, one line each (the dry run's output)."""
     fs = f"{args.fs} LABEL={label}"
     if kind == "partition":
         size = human_size(size_of(target))
         return [f"would make {fs} on {target} ({size}) and install extlinux on it",
                 *disk_boot_plan(target).steps(dry_run=True)]
-    disk_bytes = args.size << 20 if kind == "new image" else size_of(target)
+    # _kind() calls it a new image only when --size was given.
+    disk_bytes = (args.size or 0) << 20 if kind == "new image" else size_of(target)
     lines = [f"would create {target}, a sparse {args.size} MiB disk image"] \
         if kind == "new image" else []
     size = human_size(partition_bytes(target, disk_bytes))
@@ -160,8 +175,8 @@ def _bootdev_note(node: Node | None, part: Path, fs: Filesystem | None) -> str |
             f"this partition: make it {name}, or its agent will not find it")
 
 
-def _done(args: argparse.Namespace, kind: str, label: str, node: Node | None) -> None:
-    target: Path = args.provision
+def _done(args: ProvisionOptions, kind: str, label: str, node: Node | None) -> None:
+    target: Path = args.device
     if kind == "partition":
         done, plan = provision_partition(target, fs=args.fs, label=label)
         for line in plan.steps():
@@ -186,8 +201,8 @@ def _whole(done: Provisioned) -> str:
     return f"{done.partition} (partition 1 of {done.target}, {new})"
 
 
-def run(args: argparse.Namespace) -> int:
-    target: Path = args.provision
+def run(args: ProvisionOptions) -> int:
+    target: Path = args.device
     kind = _kind(target, args.size)
     node = _this_node(args)
     label = args.label if args.label is not None else default_label(node)

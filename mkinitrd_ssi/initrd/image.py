@@ -28,10 +28,10 @@ from pathlib import Path
 import xxhash
 import zstandard
 
-from mkinitrd_ssi import cpio
 from mkinitrd_ssi.atomic import staged_file
-from mkinitrd_ssi.cpio import Entry, Member
 from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.initrd import cpio
+from mkinitrd_ssi.initrd.cpio import Entry, Member
 from mkinitrd_ssi.run import log
 
 

@@ -1,0 +1,117 @@
+"""What the builder itself puts in a ramdisk: directories and device nodes, the frozen
+agent, its ELF closure, busybox, the kernel modules with their firmware."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.initrd import elf, freeze, kmod
+from mkinitrd_ssi.initrd.cpio import Archive
+from mkinitrd_ssi.run import log
+
+AGENT_DIR = "/ssi/agent"
+BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: no libraries, every applet
+DIRS = ("bin", "dev", "etc", "etc/ssi", "lib", "mnt", "newroot", "proc", "run", "sys")
+# As gen_init_cpio ships them: a frozen Python dies without /dev/urandom before devtmpfs.
+DEVICES = (("dev/console", 5, 1, 0o600), ("dev/null", 1, 3, 0o666),
+           ("dev/urandom", 1, 9, 0o666), ("dev/random", 1, 8, 0o666),
+           ("dev/kmsg", 1, 11, 0o644))
+
+
+def add_base(arc: Archive) -> None:
+    for d in DIRS:
+        arc.dir(d)
+    arc.dir("tmp", 0o1777)
+    for path, major, minor, mode in DEVICES:
+        arc.device(path, stat.S_IFCHR, major, minor, mode)
+
+
+def add_agent(arc: Archive, frozen: Path) -> list[str]:
+    """The frozen agent under /ssi/agent; returns the host paths of its ELF files."""
+    arc.tree(frozen, AGENT_DIR)
+    arc.symlink("linuxrc", AGENT_DIR.lstrip("/") + "/" + freeze.NAME)
+    arc.symlink("init", "linuxrc")
+    return sorted(str(p) for p in frozen.rglob("*")
+                  if p.is_file() and not p.is_symlink() and elf.is_elf(p))
+
+
+def add_libraries(arc: Archive, frozen: Path, elves: list[str], extra_roots: list[str]) -> int:
+    """The ELF closure of the agent (and busybox if dynamic), PyInstaller's exclusions
+    (ld.so, glibc) included. Returns how many paths it added."""
+    exe = str(frozen / freeze.NAME)
+    internal = str(frozen / "_internal")
+    # PyInstaller's bootloader first runs with the system's search path, then re-execs
+    # itself with LD_LIBRARY_PATH=_internal for the rest: resolve it both ways.
+    resolver = elf.Resolver()
+    found = resolver.closure([exe, *extra_roots], extra=elf.DLOPENED_BY_LIBC)
+    found += resolver.with_library_path([internal]).closure(elves)
+    inside = str(frozen) + "/"
+    added = 0
+    for inst in found:
+        if inst.path.startswith(inside):
+            continue  # PyInstaller bundled it; already under /ssi/agent
+        if inst.symlink is not None:
+            added += arc.symlink(inst.path, inst.symlink)
+        else:
+            added += arc.file(inst.path, inst.source)
+    return added
+
+
+def add_busybox(arc: Archive) -> list[str]:
+    if not BUSYBOX.is_file():
+        raise SsiError(f"{BUSYBOX}: no such file",
+                       hint="apt-get install busybox-static, or pass --no-busybox")
+    arc.file("bin/busybox", BUSYBOX)
+    arc.symlink("bin/sh", "busybox")
+    info = elf.read_elf(BUSYBOX)
+    return [str(BUSYBOX)] if info is not None and info.interp else []
+
+
+def add_modules(arc: Archive, moddir: Path, cache: Path, firmware_dir: Path,
+                added: Sequence[str] = (), omitted: Sequence[str] = ()) -> int:
+    index = kmod.ModuleIndex(moddir)
+    sel = index.select([*kmod.DEFAULT_MODULES, *added], required=added, omit=omitted)
+    kver = moddir.name
+    if sel.builtin:
+        log.info("modules built into %s (nothing to load): %s", kver, " ".join(sel.builtin))
+    if sel.absent:
+        log.info("default modules not in %s, skipped: %s", kver, " ".join(sel.absent))
+    if sel.dropped:
+        log.warning("left out for needing an omitted module: %s", ", ".join(sel.dropped))
+    base = f"lib/modules/{kver}"
+    plain = [kmod.materialize(moddir, m, cache / "modules") for m in sel.modules]
+    for m, path in zip(sel.modules, plain, strict=True):
+        arc.file(f"{base}/{m.installed}", path, 0o644)
+    add_firmware(arc, firmware_dir, plain)
+    for name in ("modules.alias", "modules.builtin"):
+        if (moddir / name).is_file():
+            arc.file(f"{base}/{name}", moddir / name, 0o644)
+    with arc.origin("generated"):
+        arc.data(f"{base}/modules.dep", index.ramdisk_dep(sel.modules).encode())
+        arc.data("etc/ssi/modules", "".join(f"/{base}/{m.installed}\n"
+                                             for m in sel.modules).encode())
+        arc.data("etc/ssi/kver", f"{kver}\n".encode())
+    log.info("modules: %d from %s: %s", len(sel.modules), moddir,
+             " ".join(m.name for m in sel.modules))
+    return len(sel.modules)
+
+
+def add_firmware(arc: Archive, firmware_dir: Path, modules: list[Path]) -> None:
+    """The firmware files the modules name, from the system being booted (ROOT), as the
+    kernel's loader looks for them, compressed or not, under /lib/firmware."""
+    missing: list[str] = []
+    for module in modules:
+        for name in kmod.firmware(module):
+            found = next((name + s for s in ("", ".zst", ".xz")
+                          if (firmware_dir / (name + s)).is_file()), None)
+            if found is None:
+                missing.append(name)
+            else:
+                with arc.origin("firmware"):
+                    arc.file(f"lib/firmware/{found}", firmware_dir / found, 0o644)
+    if missing:
+        # Often optional (one file per chip revision): say so, do not fail.
+        log.info("firmware not in %s, not shipped: %s", firmware_dir, " ".join(missing))
