@@ -15,6 +15,7 @@ on paths only, so a content edit leaves every other run's bytes unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import gzip
 import io
@@ -54,7 +55,7 @@ SEGMENT_MIN = 1 << 20
 # zstd's parallel jobs: fixed, so the output does not depend on the core count.
 ZSTD_JOB = 1 << 21
 CACHE_MAX_AGE = 14 * 86400
-_FORMAT = b"ssi-image-1"
+_FORMAT = b"ssi-image-2"  # 2: each cached segment starts with its digest
 
 
 def _key(path: str) -> str:
@@ -121,7 +122,12 @@ def compress(raw: bytes, how: Compression, level: int | None = None) -> bytes:
 
 
 class SegmentCache:
-    """Compressed segments on disk, named by a hash of their uncompressed bytes."""
+    """Compressed segments on disk, named by a hash of their uncompressed bytes.
+
+    Each file starts with the xxh3_128 of the compressed bytes after it: a
+    segment damaged on disk (a bad block, a half-copied cache) is found before
+    reuse and rebuilt, never shipped in an image.
+    """
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
@@ -141,10 +147,17 @@ class SegmentCache:
         if path is None:
             return None
         try:
-            data = path.read_bytes()
-            os.utime(path)  # marks it in use, for prune()
+            stored = path.read_bytes()
         except OSError:
             return None
+        digest, data = stored[:16], stored[16:]
+        if xxhash.xxh3_128_digest(data) != digest:
+            log.warning("cached segment %s is damaged: rebuilt", path)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # marks it in use, for prune()
         self.hits += 1
         return data
 
@@ -155,7 +168,7 @@ class SegmentCache:
             return
         try:
             with staged_file(path) as tmp:
-                tmp.write_bytes(data)
+                tmp.write_bytes(xxhash.xxh3_128_digest(data) + data)
         except OSError as e:
             log.info("cannot cache a compressed segment in %s: %s", path.parent, e.strerror)
 

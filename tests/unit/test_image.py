@@ -134,6 +134,21 @@ def test_cache_reuses_unchanged_segments_and_gives_the_same_bytes(tmp_path: Path
     assert warm != first
 
 
+def test_a_damaged_cached_segment_is_rebuilt_not_shipped(tmp_path: Path) -> None:
+    cache = SegmentCache(tmp_path / "seg")
+    clean = image.build(entries(make_archive()), Compression.ZSTD, 0, cache)
+    for path in (tmp_path / "seg").iterdir():  # a bad block in every cached segment
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    again = SegmentCache(tmp_path / "seg")
+    assert image.build(entries(make_archive()), Compression.ZSTD, 0, again) == clean
+    assert again.hits == 0 and again.misses == len(list((tmp_path / "seg").iterdir()))
+    warm = SegmentCache(tmp_path / "seg")  # and the rebuilt ones are good again
+    assert image.build(entries(make_archive()), Compression.ZSTD, 0, warm) == clean
+    assert warm.misses == 0
+
+
 def test_prune_drops_only_old_segments(tmp_path: Path) -> None:
     d = tmp_path / "seg"
     d.mkdir()
