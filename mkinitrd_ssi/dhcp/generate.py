@@ -89,6 +89,7 @@ def write_config(table: Ssitab, opts: DhcpOptions) -> int:
         else:
             sys.stdout.write(unified_diff(old, content, output))
         return 0
-    changed = replace_if_changed(output, content, validate=validate)
+    changed = replace_if_changed(output, content, validate=validate,
+                                 like=proto_path if proto_path.exists() else None)
     print(f"{output}: {'written' if changed else 'unchanged'} ({len(table)} nodes)")
     return 0

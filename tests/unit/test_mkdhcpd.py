@@ -533,3 +533,24 @@ def test_a_commented_or_quoted_deny_does_not_count(
     isc.proto.write_text(proto)
     assert isc.run() == 0
     assert "has no 'deny unknown-clients;'" in capsys.readouterr().err
+
+
+def test_output_keeps_its_mode_and_a_new_one_takes_the_protos(isc: Tree) -> None:
+    # The proto may hold OMAPI keys: the admin made it readable by the server's group only.
+    isc.proto.chmod(0o640)
+    if os.geteuid() == 0:
+        os.chown(isc.proto, -1, 123)
+    assert isc.run() == 0
+    st = isc.output.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    if os.geteuid() == 0:
+        assert st.st_gid == 123
+    # An existing output keeps what the admin set, and so does its .bak.
+    isc.output.chmod(0o600)
+    isc.ssitab.write_text(isc.ssitab.read_text() + "9 10.77.0.19/24 52:54:00:12:34:09 0 -\n")
+    assert isc.run() == 0
+    assert stat.S_IMODE(isc.output.stat().st_mode) == 0o600
+    bak = isc.output.with_name(isc.output.name + ".bak")
+    assert stat.S_IMODE(bak.stat().st_mode) == 0o600
+    if os.geteuid() == 0:
+        assert isc.output.stat().st_gid == 123 and bak.stat().st_gid == 123
