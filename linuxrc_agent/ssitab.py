@@ -26,7 +26,7 @@ from socket import inet_aton, inet_ntoa
 DEFAULT_PATH = "/etc/ssitab"
 DEFAULT_PREFIX = 24
 MAX_NODE = 999_999
-KNOWN_OPTIONS = ("hostname",)
+KNOWN_OPTIONS = ("hostname", "server")
 
 # [0-9] rather than \d, and no IGNORECASE: Python's Unicode matching would
 # otherwise accept Arabic-Indic digits or fold U+017F (long s) into "s".
@@ -49,6 +49,9 @@ _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
 # The fast path's first octet leaves out 0, 127 and 224 and up (not unicast
 # host addresses), its MACs have an even first octet (not multicast).
 _FIRST_OCTET = "(?!127\\.)(22[0-3]|2[01][0-9]|1[0-9][0-9]|[1-9][0-9]|[1-9])"
+# The same without groups, for the server= address (checked by the regex alone).
+_NC_OCTET = _OCTET.replace("(", "(?:", 1)
+_NC_FIRST_OCTET = _FIRST_OCTET.replace("(2", "(?:2", 1)
 _UNICAST_MAC = rf"{_HEX}[02468aAcCeE](?:[:-]{_HEX}{{2}}){{5}}"
 _FAST_RE = re.compile(
     r"\s*([1-9][0-9]{0,5})"
@@ -56,7 +59,8 @@ _FAST_RE = re.compile(
     rf"\s+({_UNICAST_MAC}(?:,{_UNICAST_MAC})*)"
     r"\s+(1|0|[Yy][Ee][Ss]|[Nn][Oo])"
     r"\s+(\S+)"
-    rf"(?:\s+hostname=({_LABEL}(?:\.{_LABEL})*))?\s*"
+    rf"(?:\s+hostname=({_LABEL}(?:\.{_LABEL})*))?"
+    rf"(?:\s+server=({_NC_FIRST_OCTET}\.{_NC_OCTET}\.{_NC_OCTET}\.{_NC_OCTET}))?\s*"
 )
 
 _TRUE = frozenset({"1", "yes"})
@@ -89,6 +93,9 @@ class Node:
     bootdev: BootDev | None
     hostname: str
     line: int = field(default=0, compare=False)
+    # The node's boot server (server=IP): its DHCP answer names it as next-server.
+    # None: the proto decides, as for a table without the option.
+    server: str | None = None
 
     @property
     def netmask(self) -> str:
@@ -173,6 +180,12 @@ def _parse_ipv4(text: str) -> int | None:
     return value
 
 
+def _is_host_address(text: str) -> bool:
+    """A canonical dotted quad of a unicast host: what server= may name."""
+    ip = _parse_ipv4(text)
+    return ip is not None and (ip >> 24) not in (0, 127) and ip >> 24 < 224
+
+
 def is_valid_hostname(name: str) -> bool:
     """RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
 
@@ -210,7 +223,7 @@ def _fast_node(text: str, lineno: int) -> Node | None:
     m = _FAST_RE.fullmatch(text)
     if m is None:
         return None
-    num, addr, _a, _b, _c, d, pfx, mac_text, flag, boot, hostname = m.groups()
+    num, addr, _a, _b, _c, d, pfx, mac_text, flag, boot, hostname, server = m.groups()
     prefix = DEFAULT_PREFIX if pfx is None else int(pfx)
     if prefix == 24:
         if d == "0" or d == "255":
@@ -241,7 +254,7 @@ def _fast_node(text: str, lineno: int) -> Node | None:
         hostname = f"node{number}"
     elif len(hostname) > 253 or hostname.rpartition(".")[2].isdigit():
         return None
-    return Node(number, addr, prefix, macs, local, bootdev, hostname, lineno)
+    return Node(number, addr, prefix, macs, local, bootdev, hostname, lineno, server)
 
 
 def _all_unique(values: Iterable[object], count: int) -> bool:
@@ -343,6 +356,7 @@ class _Parser:
         bootdev = self.boot_device(lineno, words[4][0], words[4][1], local)
         options = self.options(lineno, words[5:])
         hostname: str | None = None
+        server = options["server"][1] if options is not None and "server" in options else None
         if options is not None:
             if "hostname" in options:
                 col, hostname = options["hostname"]
@@ -354,7 +368,7 @@ class _Parser:
             return
         ip, prefix = ip_prefix
         self.nodes.append(Node(number, int_to_ip(ip), prefix, macs, local, bootdev,
-                               hostname, lineno))
+                               hostname, lineno, server))
 
     def node_number(self, lineno: int, col: int, word: str) -> int | None:
         if not _is_decimal(word, 6) or word[0] == "0":
@@ -502,6 +516,11 @@ class _Parser:
                     self.error(lineno, here + len(key) + 1, f"bad hostname '{value}'; "
                                "expected RFC 1123 labels of letters, digits and inner "
                                "hyphens, the last one not all digits, e.g. n3")
+                    ok = False
+                elif key == "server" and not _is_host_address(value):
+                    self.error(lineno, here + len(key) + 1, f"bad server address '{value}'; "
+                               "expected the IPv4 address of the node's boot server (four "
+                               "decimal octets, a unicast host), e.g. server=10.0.0.1")
                     ok = False
                 else:
                     options[key] = (here + len(key) + 1, value)

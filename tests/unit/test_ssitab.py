@@ -77,6 +77,29 @@ def test_every_accepted_spelling() -> None:
     assert str(table.by_number()[1].bootdev) == "/dev/vda1"
 
 
+SERVERS = """\
+1 10.77.0.11/24 52:54:00:12:34:01 0 - server=10.77.0.1
+2 10.77.0.12/24 52:54:00:12:34:02 0 - hostname=n2 server=10.77.1.1
+3 10.77.0.13/24 52:54:00:12:34:03 0 - server=10.77.1.1 hostname=n3
+4 10.77.0.14/24 52:54:00:12:34:04 0 - hostname=n4,server=192.168.5.1
+5 10.77.0.15/24 52:54:00:12:34:05 0 - hostname=n5
+"""
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_server_option_in_every_spelling(fast: bool) -> None:
+    table = _parse(SERVERS, "/etc/ssitab", fast=fast)
+    assert [(n.number, n.hostname, n.server) for n in table] == [
+        (1, "node1", "10.77.0.1"), (2, "n2", "10.77.1.1"), (3, "n3", "10.77.1.1"),
+        (4, "n4", "192.168.5.1"), (5, "n5", None)]
+    assert table == parse(SERVERS, "/etc/ssitab")
+
+
+def test_server_is_part_of_the_node() -> None:
+    # Moving a node to another boot server is a change of its record (DHCP output differs).
+    assert parse(GOOD + " server=10.0.0.1") != parse(GOOD + " server=10.0.0.2")
+
+
 def test_default_prefix_and_derived_fields() -> None:
     n = parse("1 10.1.2.3 52:54:00:12:34:01 0 -").nodes[0]
     assert (n.prefix, n.netmask, n.network) == (24, "255.255.255.0", "10.1.2.0/24")
@@ -181,7 +204,18 @@ ERRORS = {
         "PARTUUID=UUID or '-'"),
     "unknown option": (
         "1 10.0.0.11/24 52:54:00:12:34:01 0 - color=red", 1, 38,
-        "unknown option 'color'; known options: hostname"),
+        "unknown option 'color'; known options: hostname, server"),
+    "bad server address": (
+        "1 10.0.0.11/24 52:54:00:12:34:01 0 - server=10.0.0.1/24", 1, 45,
+        "bad server address '10.0.0.1/24'; expected the IPv4 address of the node's boot "
+        "server (four decimal octets, a unicast host), e.g. server=10.0.0.1"),
+    "server not a host address": (
+        "1 10.0.0.11/24 52:54:00:12:34:01 0 - hostname=n1,server=224.0.0.1", 1, 57,
+        "bad server address '224.0.0.1'; expected the IPv4 address of the node's boot "
+        "server (four decimal octets, a unicast host), e.g. server=10.0.0.1"),
+    "server given twice": (
+        "1 10.0.0.11/24 52:54:00:12:34:01 0 - server=10.0.0.1 server=10.0.0.2", 1, 54,
+        "option 'server' given twice; give it once"),
     "malformed option": (
         "1 10.0.0.11/24 52:54:00:12:34:01 0 - =n1", 1, 38,
         "malformed option '=n1'; expected key=value, e.g. hostname=n3"),
@@ -344,7 +378,10 @@ MAC_FORMS = ["52:54:00:12:34:0{i}", "52-54-00-12-34-1{i}", "52:54:00:AB:CD:2{i}"
              "52:54:00:12:34:3{i},52:54:00:12:34:4{i}", "52:54:00:12:34:5{i},52-54-00-12-34-6{i}"]
 LOCAL_FORMS = ["0 -", "no -", "1 /dev/vda1", "yes LABEL=ssiboot", "YES UUID=abcd-1234",
                "1 PARTUUID=1234abcd-01"]
-OPTION_FORMS = ["", "hostname=h{i}", "hostname=H{i}.cluster", "hostname=node{i}"]
+OPTION_FORMS = ["", "hostname=h{i}", "hostname=H{i}.cluster", "hostname=node{i}",
+                "server=10.9.0.{i}", "hostname=h{i} server=10.9.0.1",
+                "server=10.9.{i}.1 hostname=s{i}",
+                "hostname=h{i},server=192.168.{i}.1"]
 BROKEN = {
     "number": ["0", "01", "1000000", "x", "\u0661", "1"],
     "ip": ["10.0.0.0", "10.0.0.255/24", "127.0.0.1", "0.1.2.3", "224.0.0.1", "10.0.0.256",
@@ -357,7 +394,10 @@ BROKEN = {
                       "1 LABEL=", "1"],
     "options": ["hostname=-x", "hostname=10.0.0.1", "color=red", "=x", "hostname=h1",
                 "hostname=H1", "hostname=node3", "hostname=a,hostname=b", "hostname=n9 extra", "x",
-                "hostname=n1,", "hostname=" + "a" * 64],
+                "hostname=n1,", "hostname=" + "a" * 64, "server=", "server=10.0.0.01",
+                "server=127.0.0.1", "server=0.0.0.0", "server=10.0.0.256", "server=host1",
+                "server=10.0.0.1 server=10.0.0.1", "server=10.0.0.1,server=10.0.0.2",
+                "hostname=h2 server=10.0.0.1/24", "server=\u0661.0.0.1"],
 }
 SEPARATORS = st.sampled_from([" ", "\t", "  ", " \t"])
 
