@@ -129,6 +129,18 @@ def _check_spool(spool: Path) -> None:
                        f"mode {stat.filemode(st.st_mode)}); refusing it")
     if not spool.name.startswith(PREFIX):
         raise SsiError(f"{spool}: not a lilo.ssi spool directory (expected {PREFIX}<id>)")
+    # In a directory others may write (a /tmp), someone could have made the spool
+    # first, or swap it between this check and the install.
+    parent = spool.parent
+    try:
+        pst = os.stat(parent)
+    except OSError as e:
+        raise SsiError(f"{parent}: {e.strerror}") from None
+    if pst.st_uid not in (0, os.geteuid()) or pst.st_mode & 0o022:
+        raise SsiError(f"{parent}: the spool's directory is writable by others (owner "
+                       f"{pst.st_uid}, mode {stat.filemode(pst.st_mode)}); refusing {spool}",
+                       hint="push into a directory only root may write, e.g. "
+                       "--remote-spool /run (the default)")
 
 
 def receive(spool: Path) -> tuple[Path, Path, Pair]:

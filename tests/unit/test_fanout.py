@@ -301,6 +301,20 @@ def test_foreign_spool_is_refused(tmp_path: Path) -> None:
         pairspool.receive(shared)
 
 
+def test_spool_in_a_directory_others_may_write_is_refused(
+        tmp_path: Path, pair_files: tuple[Path, Path]) -> None:
+    with pairspool.staged(*pair_files, "root=/dev/sda") as staged:
+        public = tmp_path / "public"
+        public.mkdir()
+        public.chmod(0o1777)  # a /tmp: anyone could have made or could swap the spool
+        moved = public / staged.path.name
+        staged.path.rename(moved)
+        with pytest.raises(SsiError, match="writable by others") as e:
+            pairspool.receive(moved)
+        assert e.value.hint is not None and "--remote-spool" in e.value.hint
+        moved.rename(staged.path)
+
+
 # -- the node's own partition
 
 
