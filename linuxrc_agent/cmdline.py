@@ -183,6 +183,21 @@ def with_words(args: Args, extra: str) -> Args:
 # ---------------------------------------------------------------- boot-loader configs
 
 
+# A console user at a loader's prompt could boot the node with init=/bin/sh;
+# the configs lock the prompt unless the cluster's arguments carry this word.
+LOADER_EDIT = "ssi.loader_edit"
+
+
+def loader_edit_allowed(args: Args) -> bool:
+    return any(w.key == LOADER_EDIT and (w.value or "1") not in _FALSE for w in args.kernel)
+
+
+def syslinux_lock(args: Args) -> str:
+    """The PXELINUX/extlinux directives that keep a console user from editing the kernel
+    arguments (no escape to the boot: prompt, no options added to a label)."""
+    return "" if loader_edit_allowed(args) else "NOESCAPE 1\nALLOWOPTIONS 0\n"
+
+
 def for_syslinux(args: Args | str) -> str:
     """The APPEND text of PXELINUX and extlinux: the rest of the line, handed over verbatim."""
     return _printable(join(tokenize(args) if isinstance(args, str) else args))

@@ -239,3 +239,13 @@ def test_without_and_join() -> None:
     assert join(args) == '"root=LABEL=a b" ro -- x'
     assert [w.key for w in args.kernel] == ["root", "ro"]
     assert re.fullmatch(r"[^\n]*", cmdline.for_syslinux(args))
+
+
+def test_the_loader_prompt_is_locked_unless_the_cluster_allows_editing() -> None:
+    locked = netboot.pxelinux_config("s", tokenize("root=/dev/vda"))
+    assert "NOESCAPE 1\n" in locked and "ALLOWOPTIONS 0\n" in locked
+    for allow in ("ssi.loader_edit", "ssi.loader_edit=1"):
+        cfg = netboot.pxelinux_config("s", tokenize(f"root=/dev/vda {allow}"))
+        assert "NOESCAPE" not in cfg and "ALLOWOPTIONS" not in cfg
+    assert "NOESCAPE 1" in netboot.pxelinux_config("s", tokenize("root=/dev/vda "
+                                                                  "ssi.loader_edit=0"))
