@@ -33,7 +33,7 @@ from mkinitrd_ssi.run import run
 from vm_tests.netns import Netns, Proc, wait_until
 
 SUBNET = "10.77.0"
-FIRST_HOST = 11  # node N is SUBNET.(10+N), as in DESIGN.md's example table
+FIRST_HOST = 11  # node N is SUBNET.(10+N), as in README's example table
 LILO = str(Path(sys.executable).with_name("lilo.ssi"))
 
 SSHD_CONFIG = """\

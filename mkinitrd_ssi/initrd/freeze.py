@@ -1,7 +1,7 @@
 """The boot agent frozen with PyInstaller (onedir), cached by a hash of what goes into it.
 
 Onedir, not onefile: a onefile bootloader stays PID 1 with the Python code as
-its child, so switch_root and reaping cannot work (DESIGN.md). The cache key
+its child, so switch_root and reaping cannot work (docs/architecture.md, "The ramdisk"). The cache key
 covers the agent's sources, PyInstaller's and Python's versions and our own
 options, and nothing else, so a rebuild after an ssitab edit never re-freezes.
 """

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from linuxrc_agent.nodeenv import NodeEnv, quote, write
 
-# The contract's keys (DESIGN.md "What the agent leaves behind"), every one always present.
+# The contract's keys (README "The agent": node.env), every one always present.
 KEYS = ["SSI_NODE", "SSI_IP", "SSI_PREFIX", "SSI_MAC", "SSI_IFACE", "SSI_HOSTNAME",
         "SSI_LOCAL_BOOT", "SSI_SYNC", "SSI_BOOT_MS", "SSI_STAGES_MS", "SSI_ROOT",
         "SSI_OVERLAY", "SSI_FIRMWARE", "SSI_SECURE_BOOT"]
