@@ -21,14 +21,30 @@ def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
     out.append("dhcp-userclass=set:ssi-ipxe,iPXE\n")
     out.append(f"dhcp-boot=tag:ssi-ipxe,{boot.ipxe_script}{server}\n")
     out.append(f"dhcp-boot=tag:!ssi-ipxe,{boot.pxe_file}{server}\n")
+    # A node with its own boot server (ssitab server=) gets that server's tag from its
+    # dhcp-host line. These lines must come after the generic two: of the dhcp-boot
+    # lines whose tags all match, dnsmasq uses the last one (measured: in the other
+    # order the node is sent to the generic server; tests/integration/test_dhcp_servers.py).
+    for ip in dict.fromkeys(node.server for node in table if node.server):
+        tag = server_tag(ip)
+        out.append(f"dhcp-boot=tag:{tag},tag:ssi-ipxe,{boot.ipxe_script},,{ip}\n")
+        out.append(f"dhcp-boot=tag:{tag},tag:!ssi-ipxe,{boot.pxe_file},,{ip}\n")
     for node in table:
         if _MISREAD.fullmatch(node.hostname):
             raise SsiError(f"{table.path}:{node.line}: node {node.number}'s hostname "
                            f"'{node.hostname}' would be misread by dnsmasq (as a hardware "
                            "address, lease time or keyword)",
                            hint="give the node another hostname= in ssitab")
-        out.append(f"dhcp-host={','.join(node.macs)},{node.ip},{node.hostname},infinite\n")
+        tag = f"set:{server_tag(node.server)}," if node.server else ""
+        out.append(f"dhcp-host={','.join(node.macs)},{tag}{node.ip},{node.hostname},"
+                   "infinite\n")
     return "".join(out)
+
+
+def server_tag(ip: str) -> str:
+    """The dnsmasq tag of the nodes booting from ip: named by the address, so a table
+    edit elsewhere never renames it."""
+    return "ssi-srv-" + ip.replace(".", "-")
 
 
 def check(path: str) -> list[str]:

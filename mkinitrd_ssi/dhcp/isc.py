@@ -21,10 +21,13 @@ def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
     out.append(f'    filename "{boot.pxe_file}";\n')
     out.append("  }\n")
     for node in table:
+        # A host's own next-server wins over the group's and the proto's: the node's
+        # boot server (ssitab server=) serves its boot files and its iPXE script.
+        server = f"next-server {node.server}; " if node.server else ""
         for index, mac in enumerate(node.macs):
             out.append(
                 f"  host {host_label(node.number, index)} {{ hardware ethernet {mac}; "
-                f'fixed-address {node.ip}; option host-name "{node.hostname}"; }}\n'
+                f'fixed-address {node.ip}; option host-name "{node.hostname}"; {server}}}\n'
             )
     out.append("}\n")
     return "".join(out)

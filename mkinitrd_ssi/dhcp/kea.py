@@ -89,8 +89,10 @@ def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
                 entry["next-server"] = boot.next_server
         # Formatted directly: the parser allows no character in MACs, addresses
         # or host names that JSON would need to escape.
+        # A reservation's next-server wins over the subnet's: the node's boot server.
+        server = f', "next-server": "{node.server}"' if node.server else ""
         lines.extend(f'{{"hw-address": "{mac}", "ip-address": "{node.ip}", '
-                     f'"hostname": "{node.hostname}"}}' for mac in node.macs)
+                     f'"hostname": "{node.hostname}"{server}}}' for mac in node.macs)
     return _dump(doc, [entry for _net, entry in subnets], ours)
 
 

@@ -30,7 +30,10 @@ TABLE = """\
 1  10.77.0.11/24  52:54:00:12:34:01                    0  -              hostname=n1
 2  10.77.0.12/24  52:54:00:12:34:02                    1  LABEL=ssiboot  hostname=n2
 3  10.77.0.13/24  52:54:00:12:34:03,52:54:00:12:34:13  0  -              hostname=n3
+4  10.77.0.14/24  52:54:00:12:34:04                    0  -              server=10.77.0.5
+5  10.77.0.15/24  52:54:00:12:34:05                    0  -              server=10.77.0.6
 """
+OTHER_SERVERS = {"52:54:00:12:34:04": "10.77.0.5", "52:54:00:12:34:05": "10.77.0.6"}
 
 # udhcpc runs this on every event; "bound" carries the lease.
 CLIENT_SCRIPT = """#!/bin/sh
@@ -174,6 +177,17 @@ def test_ipxe_is_handed_the_script(server: Server) -> None:
     lease = server.lease("52:54:00:12:34:02", "-x", "0x4d:" + b"iPXE".hex())
     assert (lease["ip"], lease["hostname"], lease["boot_file"]) == \
         ("10.77.0.12", "n2", "ssi.ipxe")
+
+
+@pytest.mark.parametrize("ipxe", [False, True], ids=["pxe", "ipxe"])
+def test_node_with_server_option_is_sent_to_its_boot_server(server: Server, ipxe: bool) -> None:
+    # ssitab server=: next-server (siaddr) per node, the boot file as for every node;
+    # the nodes without it keep the proto's next-server (the other tests).
+    extra = ("-x", "0x4d:" + b"iPXE".hex()) if ipxe else ()
+    for mac, boot_server in OTHER_SERVERS.items():
+        lease = server.lease(mac, *extra)
+        assert (lease["siaddr"], lease["boot_file"]) == \
+            (boot_server, "ssi.ipxe" if ipxe else "pxelinux.0"), lease
 
 
 def test_unknown_mac_gets_no_offer(server: Server) -> None:
