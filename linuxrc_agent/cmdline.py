@@ -6,9 +6,9 @@ word's quotes are dropped around the whole word (`"k=a b"`) or around its
 value (`k="a b"`); a bare `--` ends the kernel's words and starts init's.
 On top of it sit `without` (drop words by key), `join` (text the kernel
 tokenizes back into the same words) and one renderer per boot-loader
-config (`for_syslinux`, `for_ipxe`), so that the agent, the local sync and
-lilo.ssi agree on what each argument is (docs/architecture.md, "Kernel
-command line").
+config (`for_syslinux`, `for_ipxe`, `for_grub`), so that the agent, the
+local sync and lilo.ssi agree on what each argument is (docs/architecture.md,
+"Kernel command line").
 
 The agent's `parse` never fails: PID 1 must boot, or at least explain,
 whatever the command line holds. A bad value yields a warning (kept in
@@ -233,6 +233,49 @@ def for_ipxe(args: Args | str) -> str:
         if why:
             raise CmdlineError(f"{word.raw!r}: {why}")
     return text
+
+
+# What a GRUB script word may hold unquoted: none of its lexer's special characters
+# (quotes, backslash, $, #, ;, &, |, <, >, parentheses, braces, whitespace).
+_GRUB_BARE = re.compile(r"[A-Za-z0-9_.,:/=+@%-]+")
+
+
+def for_grub(args: Args | str) -> str:
+    """Arguments for a GRUB `linux` line, which the kernel receives unchanged.
+
+    GRUB reads the line as script words (quotes, backslashes, `$` expansion),
+    then rebuilds the command line from those words: a word holding a space is
+    wrapped in double quotes, and every backslash, single and double quote gets
+    a backslash the kernel keeps (measured with Debian 12's signed GRUB 2.06:
+    `'foo=a b' "sq=it's" 'bs=a\\b'` reached /proc/cmdline as `"foo=a b"
+    sq=it\\'s bs=a\\\\b`). So each word goes in as GRUB's argument `key=value`,
+    single-quoted unless plainly safe, and a word holding a backslash or a quote
+    is refused. A word that is all quotes (`""`) is refused too: GRUB passes an
+    empty word as nothing.
+    """
+    if isinstance(args, str):
+        args = tokenize(args)
+    _printable(join(args))
+    spelled: list[str] = []
+    for word in words_of(args):
+        if word is _SEPARATOR_WORD:
+            spelled.append(INIT_SEPARATOR)
+            continue
+        text = word.key if word.value is None else f"{word.key}={word.value}"
+        bad = sorted(c for c in set(text) if c in "\\'\"")
+        if bad:
+            raise CmdlineError(f"{word.raw!r}: GRUB would put a backslash before each "
+                               f"{' and '.join(bad)} in it, and the kernel would keep it")
+        if not text:
+            raise CmdlineError(f"{word.raw!r}: GRUB would drop this empty argument")
+        spelled.append(text if _GRUB_BARE.fullmatch(text) else f"'{text}'")
+    return " ".join(spelled)
+
+
+def grub_lock(args: Args) -> str:
+    """The grub.cfg line that keeps a console user from editing the kernel arguments:
+    superusers set with no password, so GRUB's editor and shell admit nobody."""
+    return "" if loader_edit_allowed(args) else 'set superusers=""\n'
 
 
 # ---------------------------------------------------------------- the agent's reading

@@ -28,9 +28,10 @@ BUILT_INITRD = "/boot/initrd-ssi.img"  # mkinitrd.ssi's default output
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.common_parser(PROG, "Install the shared root's default kernel and ramdisk, "
-                               "publish them for network boot (iPXE and PXELINUX), and sync "
-                               "them to the boot partition of every running node with the "
-                               "local boot flag (over ssh, with ClusterShell).")
+                               "publish them for network boot (iPXE and PXELINUX; UEFI: shim "
+                               "and GRUB), and sync them to the boot partition of every "
+                               "running node with the local boot flag (over ssh, with "
+                               "ClusterShell).")
     parser.add_argument("--kernel", type=Path, metavar="FILE",
                         help="kernel to publish (default: ROOT/boot/vmlinuz)")
     parser.add_argument("--initrd", type=Path, metavar="FILE",
@@ -199,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"would publish {kernel} and {initrd} into {tftpboot} with: {cmdline}", file=out)
         published: dict[str, Any] = {"set": None, "changed": []}
     else:
-        result = publish.publish(tftpboot, kernel, initrd, cmdline)
+        result = publish.publish(tftpboot, kernel, initrd, cmdline, root=root("/"))
         if kernel.parent == initrd.parent == root("/boot"):
             # Booting local nodes copy the shared root's default pair only when
             # it matches this manifest, so they never take a half-installed one.

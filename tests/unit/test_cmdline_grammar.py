@@ -3,8 +3,10 @@
 `kernel_words` below is the reference: a line-by-line model of the kernel's
 `next_arg` and `parse_args` (kernel/params.c) on a char array, written
 independently of linuxrc_agent.cmdline. Each user of the grammar (the agent's
-parser, the local sync's persisted arguments, the iPXE, PXELINUX and extlinux
-writers, lilo.ssi --cmdline) is checked against it for arbitrary strings.
+parser, the local sync's persisted arguments, the iPXE, PXELINUX, GRUB and
+extlinux writers, lilo.ssi --cmdline) is checked against it for arbitrary
+strings; GRUB through a model of its script lexer and of how it rebuilds the
+command line, pinned to what Debian 12's signed GRUB was measured to do.
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def ours(text: str) -> tuple[Words, Words | None]:
 
 
 # Text rich in the characters the grammar cares about.
-_alphabet = st.sampled_from([*'ab=" -\t\n.', "ssi.break", "root", "--", "x", "BOOTIF=1"])
+_alphabet = st.sampled_from([*'ab=" -\t\n.', "ssi.break", "root", "--", "x", "BOOTIF=1",
+                             "'", "\\", "$", "${x}", ";", "#", "{"])
 _texts = st.one_of(st.text(max_size=60), st.lists(_alphabet, max_size=30).map("".join))
 
 
@@ -163,6 +166,101 @@ def test_every_config_hands_the_kernel_the_same_words(text: str) -> None:
     append = next(line for line in cfg.split("\n") if line.startswith("  APPEND "))
     got, got_init = kernel_words(append[len("  APPEND "):])
     assert got == want and (got_init or []) == (want_init or [])
+    grub = netboot.grub_config("ssi/sets/x", args)
+    linux = next(line for line in grub.split("\n") if line.startswith("linux "))
+    got, got_init = kernel_words(grub_receives(linux))
+    assert got == [("BOOT_IMAGE", "/ssi/sets/x/vmlinuz"), *want, ("ssi.bootif", GRUB_MAC)]
+    assert (got_init or []) == (want_init or [])
+
+
+# GRUB: its script lexer (grub-core/script/yylex.l) makes the words, then the `linux`
+# command rebuilds the kernel's command line from them (grub_create_loader_cmdline).
+GRUB_ENV = {"net_default_mac": "52:54:00:12:34:56"}
+GRUB_MAC = GRUB_ENV["net_default_mac"]
+
+
+def _grub_expand(line: str, i: int) -> tuple[str, int]:
+    """The value of the $name or ${name} at line[i], and where the text goes on."""
+    m = re.compile(r"\$\{([A-Za-z0-9_]+)\}|\$([A-Za-z0-9_]+)").match(line, i)
+    assert m is not None, f"a bare $ in {line!r}"
+    return GRUB_ENV.get(m.group(1) or m.group(2), ""), m.end()
+
+
+def grub_words(line: str) -> list[str]:
+    """A GRUB script command's words: blanks separate them, '...' is literal, "..." too but
+    for backslash before \\ " $ and $-expansion, a backslash outside quotes takes the next
+    character literally, $name expands. Unquoted syntax (; & | < > ( ) { }, # opening a
+    word) must not appear in a line we generate."""
+    words: list[str] = []
+    cur: list[str] = []
+    started = False
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c in " \t":
+            if started:
+                words.append("".join(cur))
+                cur, started = [], False
+            i += 1
+            continue
+        assert c not in ";&|<>(){}\n" and not (c == "#" and not started), line
+        started = True
+        if c == "'":
+            end = line.index("'", i + 1)
+            cur.append(line[i + 1:end])
+            i = end + 1
+        elif c == '"':
+            i += 1
+            while line[i] != '"':
+                if line[i] == "\\" and line[i + 1] in '\\"$':
+                    cur.append(line[i + 1])
+                    i += 2
+                elif line[i] == "$":
+                    value, i = _grub_expand(line, i)
+                    cur.append(value)
+                else:
+                    cur.append(line[i])
+                    i += 1
+            i += 1
+        elif c == "\\":
+            cur.append(line[i + 1])
+            i += 2
+        elif c == "$":
+            value, i = _grub_expand(line, i)
+            cur.append(value)
+        else:
+            cur.append(c)
+            i += 1
+    if started:
+        words.append("".join(cur))
+    return words
+
+
+def grub_cmdline(argv: list[str]) -> str:
+    """The kernel's command line GRUB builds from the `linux` command's arguments, as
+    measured with Debian 12's signed GRUB 2.06: a backslash before each \\, ' and ",
+    the word in double quotes if it holds a space."""
+    out = []
+    for arg in argv:
+        escaped = re.sub(r"""([\\'"])""", r"\\\1", arg)
+        out.append(f'"{escaped}"' if " " in arg else escaped)
+    return " ".join(out)
+
+
+def grub_receives(line: str) -> str:
+    words = grub_words(line)
+    assert words[0] == "linux"
+    return f"BOOT_IMAGE={words[1]} " + grub_cmdline(words[2:])
+
+
+def test_the_grub_model_is_what_debians_grub_did() -> None:
+    # The line booted under OVMF (shim, grubnetx64 2.06-13+deb12u2) and the guest's
+    # /proc/cmdline, verbatim but for the MAC (the model's own).
+    line = ("linux /vmlinuz console=ttyS0 panic=-1 'foo=a b' \"sq=it's\" 'bs=a\\b' 'a b=c d' "
+            "'e=' ssi.bootif=${net_default_mac} -- init1 'init two'")
+    measured = ('BOOT_IMAGE=/vmlinuz console=ttyS0 panic=-1 "foo=a b" sq=it\\\'s bs=a\\\\b '
+                '"a b=c d" e= ssi.bootif=52:54:00:12:34:56 -- init1 "init two"')
+    assert grub_receives(line) == measured
 
 
 @settings(max_examples=600, deadline=None)
@@ -225,6 +323,9 @@ def test_unterminated_quote_is_closed_so_appended_words_stay_words() -> None:
     ('root=/dev/vda "x=a #b"', "script syntax"),
     ('root=/dev/vda "x=a ; b"', "script syntax"),
     ('root=/dev/vda x="a"b"', "double quote"),
+    ("root=/dev/vda x=a\\b", "GRUB would put a backslash"),
+    ("root=/dev/vda x=it's", "GRUB would put a backslash"),
+    ('root=/dev/vda ""', "GRUB would drop"),
 ])
 def test_what_a_loader_would_change_is_refused(text: str, why: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

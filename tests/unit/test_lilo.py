@@ -199,3 +199,44 @@ def test_a_set_is_durable_before_any_config_names_it(
     assert events.index(f"fsync .{name}.tmp") < named  # the set's own entries
     assert events.index("fsync sets", named) < events.index("rename ssi.ipxe")
     assert events.index("fsync sets", named) < events.index("rename default")
+    assert events.index("fsync sets", named) < events.index("rename grub.cfg")
+
+
+# -- UEFI: shim, signed GRUB, grub.cfg
+
+
+def test_uefi_chain_is_published_beside_the_bios_configs(tree: Path) -> None:
+    from mkinitrd_ssi.netboot import publish as netboot
+
+    # The shared root's packages win over the host's.
+    shim = tree / "usr/lib/shim/shimx64.efi.signed"
+    shim.parent.mkdir(parents=True)
+    shim.write_bytes(b"shim from ROOT")
+    assert main(["--root", str(tree), "--cmdline", CMDLINE, "--no-push"]) == 0
+    tftp = tree / "tftpboot"
+    name = pair_hash(tree / "boot/vmlinuz", tree / "boot/initrd.img")
+    cfg = (tftp / "grub/grub.cfg").read_text()
+    assert f"linux /ssi/sets/{name}/vmlinuz {CMDLINE} ssi.bootif=${{net_default_mac}}\n" in cfg
+    assert f"initrd /ssi/sets/{name}/initrd.img\nboot\n" in cfg
+    assert 'set superusers=""' in cfg  # no editing at GRUB's prompt
+    assert (tftp / netboot.EFI_BOOT_FILE).read_bytes() == b"shim from ROOT"
+    grub = Path(netboot.EFI_FILES["grubx64.efi"][0])
+    if grub.is_file():  # grub-efi-amd64-signed on this host (make deps installs it)
+        assert (tftp / "grubx64.efi").read_bytes() == grub.read_bytes()
+        assert (tftp / "grubx64.efi").stat().st_mode & 0o777 == 0o644
+
+
+def test_missing_efi_packages_warn_and_publish_for_bios(
+        tree: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from mkinitrd_ssi.netboot import publish as netboot
+
+    monkeypatch.setattr(netboot, "EFI_FILES", {
+        "shimx64.efi": ("/nonexistent/shimx64.efi.signed", "shim-signed"),
+        "grubx64.efi": ("/nonexistent/grubnetx64.efi.signed", "grub-efi-amd64-signed")})
+    assert main(["--root", str(tree), "--cmdline", CMDLINE, "--no-push"]) == 0
+    err = capsys.readouterr().err
+    assert "apt-get install shim-signed" in err and "apt-get install grub-efi-amd64-signed" in err
+    assert "published for BIOS only" in err
+    tftp = tree / "tftpboot"
+    assert (tftp / "ssi.ipxe").is_file() and (tftp / "pxelinux.cfg/default").is_file()
+    assert not (tftp / "shimx64.efi").exists() and not (tftp / "grubx64.efi").exists()
