@@ -10,7 +10,7 @@ APT_PACKAGES := python3-venv python3-dev gcc qemu-system-x86 qemu-utils ipxe-qem
 	isc-dhcp-server kea-dhcp4-server dnsmasq-base tftpd-hpa tftp-hpa busybox-static \
 	isc-dhcp-client cpio zstd dosfstools mtools e2fsprogs xfsprogs extlinux syslinux syslinux-common \
 	pxelinux openssh-server openssh-client iproute2 fdisk kmod binutils udev nfs-ganesha nfs-ganesha-vfs \
-	nginx-light curl
+	nginx-light curl shim-signed grub-efi-amd64-signed ovmf
 # Only the benchmarks': debootstrap builds the chroot holding the anchors they measure
 # against (dracut, initramfs-tools: bench/anchors.py), so nothing of those lands on the
 # host; it checks the suite's signature with the keyring, a Recommends of it.
