@@ -20,6 +20,7 @@ from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.local.partition import publish_manifest
 from mkinitrd_ssi.netboot import publish
 from mkinitrd_ssi.netboot.cmdline_file import cluster_cmdline
+from mkinitrd_ssi.netboot.http_url import kept_http_url
 from mkinitrd_ssi.run import log
 
 PROG = "lilo.ssi"
@@ -40,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cmdline", metavar="ARGS",
                         help="kernel arguments of the cluster, e.g. 'root=LABEL=ssiroot "
                         "console=ttyS0'; kept in ROOT/etc/ssi/cmdline for later runs")
+    parser.add_argument("--http-url", metavar="URL",
+                        help="iPXE and GRUB fetch kernel and ramdisk over HTTP from URL, "
+                        "which maps onto the tftpboot directory (e.g. http://10.77.0.1/; "
+                        "http://{server}/ is each node's boot server, as DHCP names it); kept "
+                        "in ROOT/etc/ssi/http-url for later runs, '' clears it (TFTP again)")
     parser.add_argument("--tftpboot", type=Path, metavar="DIR",
                         help="network-boot directory (default: ROOT/tftpboot)")
     parser.add_argument("--json", action="store_true",
@@ -191,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run, kernel=args.kernel, initrd=args.initrd,
             cmdline=args.cmdline))
     cmdline = cluster_cmdline(root, args.cmdline, keep=True, dry_run=args.dry_run)
+    http_url = kept_http_url(root, args.http_url, dry_run=args.dry_run)
     kernel = args.kernel or root("/boot/vmlinuz")
     initrd = args.initrd or _default_initrd(root, args.dry_run)
     tftpboot = args.tftpboot or root("/tftpboot")
@@ -200,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"would publish {kernel} and {initrd} into {tftpboot} with: {cmdline}", file=out)
         published: dict[str, Any] = {"set": None, "changed": []}
     else:
-        result = publish.publish(tftpboot, kernel, initrd, cmdline, root=root("/"))
+        result = publish.publish(tftpboot, kernel, initrd, cmdline, root=root("/"),
+                                 http_url=http_url)
         if kernel.parent == initrd.parent == root("/boot"):
             # Booting local nodes copy the shared root's default pair only when
             # it matches this manifest, so they never take a half-installed one.
