@@ -8,11 +8,12 @@ runs on every node at each push, stays light.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mkinitrd_ssi import cli
 from mkinitrd_ssi.atomic import staged_file
@@ -22,6 +23,9 @@ from mkinitrd_ssi.netboot import publish
 from mkinitrd_ssi.netboot.cmdline_file import cluster_cmdline
 from mkinitrd_ssi.netboot.http_url import kept_http_url
 from mkinitrd_ssi.run import log
+
+if TYPE_CHECKING:  # ClusterShell only where the push or --servers run
+    from mkinitrd_ssi.push.fanout import PushOptions
 
 PROG = "lilo.ssi"
 BUILT_INITRD = "/boot/initrd-ssi.img"  # mkinitrd.ssi's default output
@@ -52,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the outcome as JSON on stdout (for scripts)")
     _local_arguments(parser.add_argument_group("this node's boot partition (--local-only)"))
     _push_arguments(parser.add_argument_group("push to the local-boot nodes, after publishing"))
+    _server_arguments(parser.add_argument_group(
+        "copy the published tree to every boot server (ssh options as for the push)"))
     _provision_arguments(parser.add_argument_group(
         "make a partition ready for local boot (--provision)"))
     return parser
@@ -107,6 +113,17 @@ def _push_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--remote-spool", default="/run", metavar="DIR",
                        help="node-local directory, writable by root only, that receives "
                        "the pair (default: /run)")
+
+
+def _server_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--servers", metavar="SET",
+                       help="boot servers (a ClusterShell node set, e.g. boot[1-4]) that get "
+                       "the same content-named set, loaders and configs, after publishing here")
+    group.add_argument("--server-tftpboot", default="/tftpboot", metavar="DIR",
+                       help="the tftpboot directory on the boot servers (default: %(default)s)")
+    group.add_argument("--install-published", type=Path, metavar="SPOOL",
+                       help="(run on a boot server by --servers) install the tree received "
+                       "in SPOOL into --tftpboot DIR, then remove SPOOL")
 
 
 def _provision_arguments(group: argparse._ArgumentGroup) -> None:
@@ -196,6 +213,9 @@ def run(args: argparse.Namespace) -> int:
             hashes=args.hashes, from_spool=args.from_spool, json=args.json,
             dry_run=args.dry_run, kernel=args.kernel, initrd=args.initrd,
             cmdline=args.cmdline))
+    if args.install_published is not None:
+        return _install_published(args.install_published, args.tftpboot or root("/tftpboot"),
+                                  args.json)
     cmdline = cluster_cmdline(root, args.cmdline, keep=True, dry_run=args.dry_run)
     http_url = kept_http_url(root, args.http_url, dry_run=args.dry_run)
     kernel = args.kernel or root("/boot/vmlinuz")
@@ -219,19 +239,58 @@ def run(args: argparse.Namespace) -> int:
         # Push what was published, byte for byte: the content-named set never changes.
         kernel = tftpboot / publish.SETS_DIR / result.set_name / "vmlinuz"
         initrd = tftpboot / publish.SETS_DIR / result.set_name / "initrd.img"
-    if args.no_push:
-        return 0
     from mkinitrd_ssi.push import command as push
     from mkinitrd_ssi.push.fanout import PushOptions
 
+    transport = PushOptions(fanout=args.fanout, connect_timeout=args.connect_timeout,
+                            timeout=args.timeout, ssh_options=tuple(args.ssh_option),
+                            remote_lilo=args.remote_lilo, remote_spool=args.remote_spool,
+                            dry_run=args.dry_run)
+    servers_rc = 0
+    if args.servers is not None:
+        servers_rc = _to_servers(args.servers, args.server_tftpboot, tftpboot, published,
+                                 transport, out)
+    if args.no_push:
+        return servers_rc
     job = push.PushJob(
         ssitab=cli.ssitab_path(args), ssitab_given=args.ssitab is not None, nodes=args.nodes,
-        address=args.address, json=args.json, verbose=args.verbose,
-        transport=PushOptions(fanout=args.fanout, connect_timeout=args.connect_timeout,
-                              timeout=args.timeout, ssh_options=tuple(args.ssh_option),
-                              remote_lilo=args.remote_lilo, remote_spool=args.remote_spool,
-                              dry_run=args.dry_run))
-    return push.run(job, kernel, initrd, cmdline, published)
+        address=args.address, json=args.json, verbose=args.verbose, transport=transport)
+    return max(servers_rc, push.run(job, kernel, initrd, cmdline, published))
+
+
+def _to_servers(spec: str, remote_dir: str, tftpboot: Path, published: dict[str, Any],
+                transport: PushOptions, out: TextIO) -> int:
+    """lilo.ssi --servers: the published tree to every boot server; its table on out."""
+    from mkinitrd_ssi.netboot import servers
+
+    names = servers.parse_servers(spec)
+    if published["set"] is None:  # dry run: nothing was published here to copy
+        print(f"would copy the published tree to {len(names)} boot server(s): {spec}", file=out)
+        return 0
+    results = servers.publish_to_servers(names, tftpboot, published["set"], transport,
+                                         remote_dir)
+    print(servers.table(results), end="", file=out)
+    published["servers"] = [r.as_dict() for r in results]
+    return servers.exit_code(results)
+
+
+def _install_published(spool_dir: Path, tftpboot: Path, as_json: bool) -> int:
+    from mkinitrd_ssi.netboot import servers
+
+    try:
+        outcome = servers.install(spool_dir, tftpboot)
+    except SsiError as e:
+        if not as_json:
+            raise
+        print(json.dumps({"status": "failed", "reason": str(e)}))
+        return 1
+    if as_json:
+        print(json.dumps(outcome))
+    else:
+        changed = ", ".join(outcome["changed"])
+        print(f"{tftpboot}: {outcome['status']}{': ' + changed if changed else ''} "
+              f"(set {outcome['set']})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -82,6 +82,9 @@ class _Outcome:
         return None
 
 
+Outcome = _Outcome  # what run_step hands its callers
+
+
 def _depth(text: str) -> int:
     """How deep brackets nest in text (strings not excluded: an upper bound is enough)."""
     depth = deepest = 0
@@ -118,6 +121,34 @@ class _Collector(EventHandler):  # type: ignore[misc]
         self.on_hup(node)
 
 
+def run_step(task: Task, nodes: Sequence[str], timeout: float, *, command: str | None = None,
+             copy: tuple[str, str] | None = None,
+             on_done: Callable[[str, _Outcome], None]) -> None:
+    """One ClusterShell worker over nodes: command (shell) or copy (source, destination);
+    on_done(node, outcome) as each node ends, timed out ones last."""
+    if not nodes:
+        return
+    collector: _Collector
+
+    def hup(node: str) -> None:
+        on_done(node, _Outcome(collector.rc[node], collector.out.pop(node, []),
+                              collector.err.pop(node, []), False))
+
+    collector = _Collector(hup)
+    nodeset = NodeSet.fromlist(nodes)
+    if command is not None:
+        worker = task.shell(command, nodes=nodeset, handler=collector, stderr=True,
+                            stdin=False, timeout=timeout)
+    else:
+        assert copy is not None
+        worker = task.copy(copy[0], copy[1], nodes=nodeset, handler=collector,
+                           stderr=True, timeout=timeout)
+    task.resume()
+    for node in worker.iter_keys_timeout():
+        on_done(str(node), _Outcome(None, collector.out.pop(node, []),
+                                   collector.err.pop(node, []), True))
+
+
 @dataclass
 class _Push:
     task: Task
@@ -137,10 +168,7 @@ class _Push:
     def step(self, nodes: Sequence[str], timeout: float, *, command: str | None = None,
              copy: tuple[str, str] | None = None,
              on_done: Callable[[str, _Outcome], None]) -> None:
-        """Run one ClusterShell worker over nodes; on_done(node, outcome) as each ends."""
-        if not nodes:
-            return
-        collector: _Collector
+        """run_step over nodes; a reply that on_done cannot take is that node's failure."""
 
         def done(node: str, outcome: _Outcome) -> None:
             # One node's reply, however strange, is that node's failure: the
@@ -152,23 +180,7 @@ class _Push:
                     self.finish(node, Status.FAILED, f"unexpected reply ({type(e).__name__}: "
                                 f"{str(e)[:200]})")
 
-        def hup(node: str) -> None:
-            done(node, _Outcome(collector.rc[node], collector.out.pop(node, []),
-                                collector.err.pop(node, []), False))
-
-        collector = _Collector(hup)
-        nodeset = NodeSet.fromlist(nodes)
-        if command is not None:
-            worker = self.task.shell(command, nodes=nodeset, handler=collector, stderr=True,
-                                     stdin=False, timeout=timeout)
-        else:
-            assert copy is not None
-            worker = self.task.copy(copy[0], copy[1], nodes=nodeset, handler=collector,
-                                    stderr=True, timeout=timeout)
-        self.task.resume()
-        for node in worker.iter_keys_timeout():
-            done(str(node), _Outcome(None, collector.out.pop(node, []),
-                                     collector.err.pop(node, []), True))
+        run_step(self.task, nodes, timeout, command=command, copy=copy, on_done=done)
 
     def remote(self, *args: str) -> str:
         return f"{self.opts.remote_lilo} --local-only " + shlex.join(args)
@@ -270,9 +282,8 @@ def ssh_options_string(options: Sequence[str]) -> str:
     return " ".join(shlex.quote(f"-o{opt}") for opt in (*options, *BASE_SSH_OPTIONS))
 
 
-def push(targets: Sequence[Target], staged: Staged, opts: PushOptions,
-         progress: Progress) -> list[NodeResult]:
-    """Bring every target's boot partition to the staged pair; one result per target."""
+def configured_task(opts: PushOptions) -> Task:
+    """ClusterShell's task with the fan-out, ssh options and timeouts of opts."""
     task = task_self()
     task.set_info("fanout", opts.fanout)
     # Our handler keeps what it needs of each reply; ClusterShell's own copy
@@ -283,6 +294,13 @@ def push(targets: Sequence[Target], staged: Staged, opts: PushOptions,
     task.set_info("ssh_options", ssh_options_string(opts.ssh_options))
     # scp reads the same options; unset scp_options makes ClusterShell use ssh's.
     task.set_info("scp_options", None)
+    return task
+
+
+def push(targets: Sequence[Target], staged: Staged, opts: PushOptions,
+         progress: Progress) -> list[NodeResult]:
+    """Bring every target's boot partition to the staged pair; one result per target."""
+    task = configured_task(opts)
     by_address = {t.address: t for t in targets}
     try:
         return _Push(task, by_address, staged, opts, progress).run()

@@ -218,10 +218,15 @@ def table(results: Sequence[NodeResult]) -> str:
         node = r.target.node
         rows.append((str(node.number), node.hostname, r.target.address, str(r.status),
                      human_size(r.sent_bytes) if r.sent_bytes else "-", r.detail))
+    return aligned(rows) + summary(results) + "\n"
+
+
+def aligned(rows: Sequence[tuple[str, ...]]) -> str:
+    """Rows as columns two spaces apart; the last column (a free-form detail) unpadded."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
              + "  " + row[-1] for row in rows]
-    return "\n".join(line.rstrip() for line in lines) + "\n" + summary(results) + "\n"
+    return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
 def summary(results: Sequence[NodeResult]) -> str:
