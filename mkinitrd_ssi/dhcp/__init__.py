@@ -20,13 +20,20 @@ class Format(enum.Enum):
     DNSMASQ = "dnsmasq"
 
 
+# DHCP option 93 (client system architecture, RFC 4578; IANA's registry) of UEFI
+# x86-64 firmware: 7 (EFI BC, what x86-64 UEFI PXE sends, OVMF included) and 9.
+EFI_X64_ARCHES = (7, 9)
+
+
 @dataclass(frozen=True)
 class BootFiles:
-    """What firmware is told to fetch: PXE ROMs get pxe_file, iPXE gets its script directly."""
+    """What firmware is told to fetch: BIOS PXE ROMs get pxe_file, UEFI x86-64 firmware
+    (option 93, EFI_X64_ARCHES) efi_file, iPXE its script directly, whatever the firmware."""
 
     pxe_file: str = "pxelinux.0"
     ipxe_script: str = "ssi.ipxe"
     next_server: str | None = None
+    efi_file: str = "shimx64.efi"  # lilo.ssi publishes it under this name (netboot.publish)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 from linuxrc_agent.ssitab import Ssitab
-from mkinitrd_ssi.dhcp import Backend, BootFiles, Format, preamble
+from mkinitrd_ssi.dhcp import EFI_X64_ARCHES, Backend, BootFiles, Format, preamble
 from mkinitrd_ssi.errors import SsiError
+
+EFI_TAG = "ssi-efi64"  # set for a client whose option 93 says UEFI x86-64
 
 # dnsmasq reads each comma-separated item of dhcp-host by its shape: a valid
 # host name of one of these shapes would be taken for a hardware address, a
@@ -19,16 +21,14 @@ def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
     out = preamble(proto, table)
     server = f",,{boot.next_server}" if boot.next_server else ""
     out.append("dhcp-userclass=set:ssi-ipxe,iPXE\n")
-    out.append(f"dhcp-boot=tag:ssi-ipxe,{boot.ipxe_script}{server}\n")
-    out.append(f"dhcp-boot=tag:!ssi-ipxe,{boot.pxe_file}{server}\n")
+    out.extend(f"dhcp-match=set:{EFI_TAG},option:client-arch,{a}\n" for a in EFI_X64_ARCHES)
+    out.extend(_boot_lines("", boot, server))
     # A node with its own boot server (ssitab server=) gets that server's tag from its
-    # dhcp-host line. These lines must come after the generic two: of the dhcp-boot
+    # dhcp-host line. These lines must come after the generic ones: of the dhcp-boot
     # lines whose tags all match, dnsmasq uses the last one (measured: in the other
     # order the node is sent to the generic server; tests/integration/test_dhcp_servers.py).
     for ip in dict.fromkeys(node.server for node in table if node.server):
-        tag = server_tag(ip)
-        out.append(f"dhcp-boot=tag:{tag},tag:ssi-ipxe,{boot.ipxe_script},,{ip}\n")
-        out.append(f"dhcp-boot=tag:{tag},tag:!ssi-ipxe,{boot.pxe_file},,{ip}\n")
+        out.extend(_boot_lines(f"tag:{server_tag(ip)},", boot, f",,{ip}"))
     for node in table:
         if _MISREAD.fullmatch(node.hostname):
             raise SsiError(f"{table.path}:{node.line}: node {node.number}'s hostname "
@@ -39,6 +39,14 @@ def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
         out.append(f"dhcp-host={','.join(node.macs)},{tag}{node.ip},{node.hostname},"
                    "infinite\n")
     return "".join(out)
+
+
+def _boot_lines(tags: str, boot: BootFiles, server: str) -> list[str]:
+    """dhcp-boot for iPXE (its script, whatever the firmware), UEFI x86-64 (shim) and BIOS
+    PXE, under tags: one line per client, whichever matches last (tags exclude each other)."""
+    return [f"dhcp-boot={tags}tag:ssi-ipxe,{boot.ipxe_script}{server}\n",
+            f"dhcp-boot={tags}tag:!ssi-ipxe,tag:{EFI_TAG},{boot.efi_file}{server}\n",
+            f"dhcp-boot={tags}tag:!ssi-ipxe,tag:!{EFI_TAG},{boot.pxe_file}{server}\n"]
 
 
 def server_tag(ip: str) -> str:

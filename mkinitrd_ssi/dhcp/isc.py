@@ -5,18 +5,27 @@ from __future__ import annotations
 import re
 
 from linuxrc_agent.ssitab import Ssitab
-from mkinitrd_ssi.dhcp import Backend, BootFiles, Format, host_label, preamble
+from mkinitrd_ssi.dhcp import EFI_X64_ARCHES, Backend, BootFiles, Format, host_label, preamble
+
+# Option 93 under a name of ours: dhcpd knows it by no name before 4.4, and a proto may
+# have declared it under another (arch, say); a second name for the code is accepted.
+ARCH_OPTION = "ssi-client-arch"
 
 
 def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
     out = preamble(proto, table)
+    out.append(f"option {ARCH_OPTION} code 93 = unsigned integer 16;\n")
     out.append("group {\n")
     if boot.next_server:
         out.append(f"  next-server {boot.next_server};\n")
     # iPXE announces itself with user-class "iPXE": give it the script, not the
-    # PXE loader again, or a chainloading ROM would loop.
+    # PXE loader again, or a chainloading ROM would loop. Then UEFI x86-64
+    # firmware gets shim, which cannot run on BIOS, and BIOS PXELINUX.
     out.append('  if exists user-class and option user-class = "iPXE" {\n')
     out.append(f'    filename "{boot.ipxe_script}";\n')
+    arches = " or ".join(f"option {ARCH_OPTION} = 00:{a:02x}" for a in EFI_X64_ARCHES)
+    out.append(f"  }} elsif {arches} {{\n")
+    out.append(f'    filename "{boot.efi_file}";\n')
     out.append("  } else {\n")
     out.append(f'    filename "{boot.pxe_file}";\n')
     out.append("  }\n")

@@ -8,10 +8,11 @@ import re
 from typing import Any
 
 from linuxrc_agent.ssitab import Ssitab, ip_to_int
-from mkinitrd_ssi.dhcp import Backend, BootFiles, Format
+from mkinitrd_ssi.dhcp import EFI_X64_ARCHES, Backend, BootFiles, Format
 from mkinitrd_ssi.errors import SsiError
 
 IPXE_CLASS = "ssi-ipxe"
+EFI_CLASS = "ssi-efi64"
 
 # Kea's parser allows #, // and /* */ comments, and Debian's stock
 # kea-dhcp4.conf is full of them: a proto copied from it must load too.
@@ -65,9 +66,15 @@ def render(proto: str, table: Ssitab, boot: BootFiles) -> str:
     classes = dhcp4.get("client-classes", [])
     if not isinstance(classes, list):
         raise SsiError("Kea proto: \"client-classes\" must be a list")
-    classes = [c for c in classes if not (isinstance(c, dict) and c.get("name") == IPXE_CLASS)]
+    classes = [c for c in classes
+               if not (isinstance(c, dict) and c.get("name") in (IPXE_CLASS, EFI_CLASS))]
     classes.append({"name": IPXE_CLASS, "test": "option[77].hex == 'iPXE'",
                     "boot-file-name": boot.ipxe_script})
+    # UEFI x86-64 firmware (option 93) gets shim; iPXE keeps its script on UEFI too,
+    # so the two classes exclude each other rather than rely on their order.
+    arches = " or ".join(f"option[93].hex == 0x{a:04x}" for a in EFI_X64_ARCHES)
+    classes.append({"name": EFI_CLASS, "test": f"({arches}) and not member('{IPXE_CLASS}')",
+                    "boot-file-name": boot.efi_file})
     dhcp4["client-classes"] = classes
     # Subnet matching on integers: ipaddress objects per node cost more than the rest.
     nets = [(int(net.network_address), int(net.netmask), entry) for net, entry in subnets]

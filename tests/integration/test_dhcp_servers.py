@@ -154,6 +154,10 @@ def server(request: pytest.FixtureRequest,
             (root / kind.proto).write_text(kea_proto(bridge, tmp))
         else:
             shutil.copy(EXAMPLES / Path(kind.proto).name, root / kind.proto)
+        if request.param == "isc":
+            # A proto with its own name for option 93 (common): ours must still match.
+            with open(root / kind.proto, "a") as f:
+                f.write("option arch code 93 = unsigned integer 16;\n")
         # Inside the namespace, so that Kea's checker finds the bridge it is to serve.
         made = ns.run([MKDHCPD, "--root", str(root), "--format", request.param, "-v"])
         assert f"{kind.server} accepts the generated config" in made.stderr.decode()
@@ -179,15 +183,37 @@ def test_ipxe_is_handed_the_script(server: Server) -> None:
         ("10.77.0.12", "n2", "ssi.ipxe")
 
 
-@pytest.mark.parametrize("ipxe", [False, True], ids=["pxe", "ipxe"])
-def test_node_with_server_option_is_sent_to_its_boot_server(server: Server, ipxe: bool) -> None:
+# What each kind of client sends (udhcpc -x: option 77 user class, 93 client
+# architecture, raw hex) and the boot file it must get.
+IPXE = ("-x", "0x4d:" + b"iPXE".hex())
+CLIENTS = {
+    "pxe": ((), "pxelinux.0"),
+    "ipxe": (IPXE, "ssi.ipxe"),
+    "bios-pxe": (("-x", "0x5d:0000"), "pxelinux.0"),
+    "uefi-7": (("-x", "0x5d:0007"), "shimx64.efi"),
+    "uefi-9": (("-x", "0x5d:0009"), "shimx64.efi"),
+    "ipxe-on-uefi": ((*IPXE, "-x", "0x5d:0007"), "ssi.ipxe"),
+}
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_the_boot_file_follows_the_client_architecture(server: Server, client: str) -> None:
+    # UEFI x86-64 firmware (option 93 = 7 or 9) gets shim; BIOS PXE ROMs PXELINUX;
+    # iPXE its script whatever the firmware under it.
+    extra, boot_file = CLIENTS[client]
+    lease = server.lease("52:54:00:12:34:01", *extra)
+    assert (lease["ip"], lease["boot_file"], lease["siaddr"]) == \
+        ("10.77.0.11", boot_file, SERVER_IP), lease
+
+
+@pytest.mark.parametrize("client", ["pxe", "ipxe", "uefi-7"])
+def test_node_with_server_option_is_sent_to_its_boot_server(server: Server, client: str) -> None:
     # ssitab server=: next-server (siaddr) per node, the boot file as for every node;
     # the nodes without it keep the proto's next-server (the other tests).
-    extra = ("-x", "0x4d:" + b"iPXE".hex()) if ipxe else ()
+    extra, boot_file = CLIENTS[client]
     for mac, boot_server in OTHER_SERVERS.items():
         lease = server.lease(mac, *extra)
-        assert (lease["siaddr"], lease["boot_file"]) == \
-            (boot_server, "ssi.ipxe" if ipxe else "pxelinux.0"), lease
+        assert (lease["siaddr"], lease["boot_file"]) == (boot_server, boot_file), lease
 
 
 def test_unknown_mac_gets_no_offer(server: Server) -> None:

@@ -229,20 +229,27 @@ _MAC = r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
 _FILE = r"[^\"\\;,# ]+"
 ISC_LINES = [re.compile(p) for p in (
-    r"# .*", r"group \{", rf"  next-server {_IP};",
+    r"# .*", r"option ssi-client-arch code 93 = unsigned integer 16;", r"group \{",
+    rf"  next-server {_IP};",
     r'  if exists user-class and option user-class = "iPXE" \{', rf'    filename "{_FILE}";',
+    r"  \} elsif option ssi-client-arch = 00:07 or option ssi-client-arch = 00:09 \{",
     r"  \} else \{", r"  \}", r"\}",
 )]
+# The boot file by client: iPXE (any firmware), UEFI x86-64 (option 93 = 7 or 9), BIOS PXE.
+BOOT_FILES = ["ssi.ipxe", "shimx64.efi", "pxelinux.0"]
 ISC_HOST = re.compile(rf'  host (ssi-node\d+(?:-\d+)?) \{{ hardware ethernet ({_MAC}); '
                       rf'fixed-address ({_IP}); option host-name "({_NAME})"; '
                       rf'(?:next-server ({_IP}); )?\}}')
 DNSMASQ_LINES = [re.compile(p) for p in (
-    r"# .*", r"dhcp-userclass=set:ssi-ipxe,iPXE",
-    rf"dhcp-boot=tag:ssi-ipxe,{_FILE}(?:,,{_IP})?", rf"dhcp-boot=tag:!ssi-ipxe,{_FILE}(?:,,{_IP})?",
+    r"# .*", r"dhcp-userclass=set:ssi-ipxe,iPXE", r"dhcp-match=set:ssi-efi64,option:client-arch,7",
+    r"dhcp-match=set:ssi-efi64,option:client-arch,9",
 )]
-# A boot server's pair of lines (iPXE and plain PXE), after the generic two.
-DNSMASQ_SERVER_BOOT = re.compile(
-    rf"dhcp-boot=tag:(ssi-srv-[0-9-]+),tag:(!?)ssi-ipxe,{_FILE},,({_IP})")
+# One dhcp-boot line per kind of client (iPXE; else UEFI x86-64; else BIOS PXE), the
+# three generic ones first, then three per boot server, tagged with it.
+DNSMASQ_BOOT = re.compile(rf"dhcp-boot=(?:tag:(ssi-srv-[0-9-]+),)?(tag:ssi-ipxe|tag:!ssi-ipxe,"
+                          rf"tag:ssi-efi64|tag:!ssi-ipxe,tag:!ssi-efi64),({_FILE})(?:,,({_IP}))?")
+DNSMASQ_BOOT_KINDS = dict(zip(("tag:ssi-ipxe", "tag:!ssi-ipxe,tag:ssi-efi64",
+                               "tag:!ssi-ipxe,tag:!ssi-efi64"), BOOT_FILES, strict=True))
 DNSMASQ_HOST = re.compile(rf"dhcp-host=((?:{_MAC},)+)(?:set:(ssi-srv-[0-9-]+),)?({_IP}),"
                           rf"({_NAME}),infinite")
 
@@ -261,7 +268,8 @@ def generated_part(output: str, proto: str) -> list[str]:
 def statements_isc(output: str, proto: str) -> list[Statement]:
     found: list[Statement] = []
     labels: list[str] = []
-    for line in generated_part(output, proto):
+    lines = generated_part(output, proto)
+    for line in lines:
         m = ISC_HOST.fullmatch(line)
         if m:
             labels.append(m.group(1))
@@ -269,30 +277,36 @@ def statements_isc(output: str, proto: str) -> list[Statement]:
         else:
             assert any(p.fullmatch(line) for p in ISC_LINES), f"unexpected statement {line!r}"
     assert len(set(labels)) == len(labels), "duplicate host declarations"
+    assert [line.split('"')[1] for line in lines if line.startswith("    filename ")] == BOOT_FILES
     return found
 
 
 def statements_dnsmasq(output: str, proto: str) -> list[Statement]:
     found: list[Statement] = []
     servers: dict[str, str] = {}  # tag -> address of its dhcp-boot lines
-    kinds: Counter[str] = Counter()  # tag -> how many of its two dhcp-boot lines
-    generic_seen = 0
+    kinds: Counter[tuple[str | None, str]] = Counter()  # (server tag, kind): dhcp-boot lines
     for line in generated_part(output, proto):
         m = DNSMASQ_HOST.fullmatch(line)
-        b = DNSMASQ_SERVER_BOOT.fullmatch(line)
+        b = DNSMASQ_BOOT.fullmatch(line)
         if m:
             tag = m.group(2)
             server = None if tag is None else servers[tag]  # KeyError: tag with no lines
             found += [(mac, m.group(3), m.group(4), server) for mac in m.group(1).split(",")[:-1]]
         elif b:
-            # dnsmasq takes the last matching dhcp-boot: ours must follow the generic ones.
-            assert generic_seen == 2, "a server's dhcp-boot before the generic ones"
-            assert servers.setdefault(b.group(1), b.group(3)) == b.group(3)
-            kinds[b.group(1) + b.group(2)] += 1
+            tag, kind, file, address = b.groups()
+            assert file == DNSMASQ_BOOT_KINDS[kind], line
+            if tag is None:
+                assert not servers, "a generic dhcp-boot after a server's"
+            else:
+                # dnsmasq takes the last matching dhcp-boot: ours must follow the generic ones.
+                assert sum(kinds[None, k] for k in DNSMASQ_BOOT_KINDS) == 3, \
+                    "a server's dhcp-boot before the generic ones"
+                assert address is not None
+                assert servers.setdefault(tag, address) == address
+            kinds[tag, kind] += 1
         else:
             assert any(p.fullmatch(line) for p in DNSMASQ_LINES), f"unexpected statement {line!r}"
-            generic_seen += line.startswith("dhcp-boot=")
-    assert all(kinds[tag] == kinds[tag + "!"] == 1 for tag in servers), kinds
+    assert all(kinds[tag, k] == 1 for tag in (None, *servers) for k in DNSMASQ_BOOT_KINDS), kinds
     return found
 
 
@@ -305,8 +319,10 @@ def statements_kea(output: str, proto: str) -> list[Statement]:
     assert dhcp4["ip-reservations-unique"] is False
     for key in set(old) - {"subnet4", "client-classes"}:
         assert dhcp4[key] == old[key], key
-    assert [c for c in dhcp4["client-classes"] if c.get("name") == "ssi-ipxe"] == [
-        {"name": "ssi-ipxe", "test": "option[77].hex == 'iPXE'", "boot-file-name": "ssi.ipxe"}]
+    assert [c for c in dhcp4["client-classes"] if c.get("name", "").startswith("ssi-")] == [
+        {"name": "ssi-ipxe", "test": "option[77].hex == 'iPXE'", "boot-file-name": "ssi.ipxe"},
+        {"name": "ssi-efi64", "test": "(option[93].hex == 0x0007 or option[93].hex == 0x0009) "
+         "and not member('ssi-ipxe')", "boot-file-name": "shimx64.efi"}]
     found: list[Statement] = []
     assert len(dhcp4["subnet4"]) == len(old["subnet4"])
     for new_sub, old_sub in zip(dhcp4["subnet4"], old["subnet4"], strict=True):

@@ -104,7 +104,8 @@ def test_writes_proto_verbatim_then_the_nodes(tree: Tree, capsys: pytest.Capture
         assert len(reservations) == 4
         assert doc["interfaces-config"] == {"interfaces": ["eth0"]}
         assert doc["subnet4"][0]["boot-file-name"] == "pxelinux.0"
-        assert doc["client-classes"][-1]["boot-file-name"] == "ssi.ipxe"
+        assert [c["boot-file-name"] for c in doc["client-classes"]][-2:] == \
+            ["ssi.ipxe", "shimx64.efi"]
     else:
         assert text.startswith(proto)
         generated = text[len(proto):]
@@ -465,6 +466,17 @@ def test_real_checker_accepts_the_examples_and_rejects_a_broken_proto(
     assert tree.output.read_bytes() == before
 
 
+def test_a_proto_naming_option_93_itself_still_passes_dhcpd(
+        isc: Tree, capsys: pytest.CaptureFixture[str]) -> None:
+    # Sites declare option 93 as `arch` for rules of their own; ours is a second name.
+    if shutil.which("dhcpd") is None:
+        pytest.skip("dhcpd not installed (make deps installs it)")
+    with open(isc.proto, "a") as f:
+        f.write("option arch code 93 = unsigned integer 16;\n")
+    assert isc.run("-v", check=True) == 0
+    assert "dhcpd accepts the generated config" in capsys.readouterr().err
+
+
 def test_the_examples_work_together(tmp_path: Path) -> None:
     for fmt in Format:
         tree = make_tree(tmp_path / fmt.value, fmt)
@@ -490,7 +502,7 @@ def test_kea_output_is_the_merged_document(tmp_path: Path) -> None:
     assert [r["hw-address"] for r in first["reservations"][1:]] == [
         "52:54:00:12:34:01", "52:54:00:12:34:02", "52:54:00:12:34:03", "52:54:00:12:34:13"]
     assert second["reservations"] == [] and "boot-file-name" not in second
-    assert [c["name"] for c in doc["client-classes"]] == ["mine", "ssi-ipxe"]
+    assert [c["name"] for c in doc["client-classes"]] == ["mine", "ssi-ipxe", "ssi-efi64"]
     assert doc["ip-reservations-unique"] is False
     assert doc["option-data"][0]["data"] == 'with \u0000 "reservations": x'
     # One reservation per line keeps a 100,000-node file readable and diffable.
