@@ -25,10 +25,11 @@ the NFS and MOUNT ports, as the kernel's own client does; a server without
 rpcbind needs `port=2049,mountport=N,mountproto=tcp`.
 
 Errors come in two kinds. No answer (connection refused, timed out, no
-route) is retried until the `ssi.timeout=` bound: the server may be booting
-too. An answer that says no (no such export, access denied, no common
-version, options the kernel refuses) fails at once, since waiting cannot
-change it; the rescue shell's `exit` tries again.
+route, or a connection that never gets a reply: each mount(2) is cut off) is
+retried until the `ssi.timeout=` bound: the server may be booting too. An
+answer that says no (no such export, access denied, no common version,
+options the kernel refuses) fails at once, since waiting cannot change it;
+the rescue shell's `exit` tries again.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ NFS_PORT = 2049
 V4_MINORS = ("4.2", "4.1", "4.0")
 PROBE_TIMEOUT = 2.0  # seconds for one TCP connect to the server
 RETRY_INTERVAL = 1.0  # seconds between attempts while the server does not answer
+MOUNT_TIMEOUT = 5.0  # seconds one mount(2) gets at least, even past the ssi.timeout bound
 
 _IPV4_RE = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
 _OPTION_RE = re.compile(r"^[a-z][a-z0-9_.]*(=[^,\s]*)?$")
@@ -240,11 +243,43 @@ def probe(server: str, port: int, timeout: float) -> int | None:
     return None
 
 
-MountFn = Callable[[str, str, str, int, str], None]
+MountFn = Callable[[str, str, str, int, str, float], None]
 
 
-def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
-    mount(source, target, fstype, flags, data)
+def bounded_mount(source: str, target: str, fstype: str, flags: int, data: str,
+                  timeout: float) -> None:
+    """mount(2) that gives up after timeout seconds with ETIMEDOUT.
+
+    A server that accepts the TCP connection but never replies (hung, or
+    stopped) holds an NFS mount(2) for minutes: timeo=600 tenths of a second,
+    times the retransmissions (measured here: 3 minutes, then EIO). The call
+    runs in a forked child, which shares our mount namespace, so its mount is
+    ours; its RPC waits are killable, so SIGKILL ends a call that overstays.
+    """
+    pid = os.fork()
+    if pid == 0:  # the child: one system call, then out, whatever happens
+        code = 0
+        try:
+            mount(source, target, fstype, flags, data)
+        except OSError as e:
+            code = e.errno or errno.EIO
+        except BaseException:
+            code = errno.EIO
+        os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise OSError(errno.ETIMEDOUT, f"no reply to the mount within {timeout:.0f} s")
+        time.sleep(0.02)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        err = code if code > 0 else errno.EIO  # killed by a signal: no errno to give
+        raise OSError(err, os.strerror(err), target)
 
 
 class VersionsFailed(Exception):
@@ -256,7 +291,8 @@ class VersionsFailed(Exception):
         self.attempt = attempt
 
 
-def try_versions(p: Plan, target: str, mount_fn: MountFn = _mount) -> Attempt:
+def try_versions(p: Plan, target: str, mount_fn: MountFn = bounded_mount,
+                 timeout: float = MOUNT_TIMEOUT) -> Attempt:
     """One pass over the plan's versions: the attempt that mounted.
 
     Steps down a version when the server or the kernel refuses it
@@ -266,7 +302,7 @@ def try_versions(p: Plan, target: str, mount_fn: MountFn = _mount) -> Attempt:
     refused: VersionsFailed | None = None
     for attempt in p.attempts:
         try:
-            mount_fn(p.spec.source, target, attempt.fstype, p.flags, attempt.data)
+            mount_fn(p.spec.source, target, attempt.fstype, p.flags, attempt.data, timeout)
         except OSError as e:
             err = e.errno or errno.EIO
             if err not in (errno.EPROTONOSUPPORT, errno.EINVAL):
@@ -281,7 +317,7 @@ def try_versions(p: Plan, target: str, mount_fn: MountFn = _mount) -> Attempt:
 
 
 def mount_nfs(p: Plan, target: str, timeout: float, *,
-              mount_fn: MountFn = _mount,
+              mount_fn: MountFn = bounded_mount,
               probe_fn: Callable[[str, int, float], int | None] = probe,
               waiting: Callable[[int, float], None] | None = None,
               clock: Callable[[], float] = time.monotonic,
@@ -289,9 +325,11 @@ def mount_nfs(p: Plan, target: str, timeout: float, *,
     """Mount p on target, retrying while the server does not answer, for up to timeout s.
 
     A TCP connect to the server's port comes first: it tells "no answer" from
-    every other failure at once, and bounds each wait (a mount(2) to a silent
-    host can block far longer). `waiting(errno, seconds left)` is called
-    before each pause. Raises NfsMountError.
+    every other failure at once, and bounds the wait for a silent host. Each
+    mount(2) gets the time left (at least MOUNT_TIMEOUT): a server that takes
+    the connection but never replies times out too (ETIMEDOUT, retried like
+    no answer). `waiting(errno, seconds left)` is called before each pause.
+    Raises NfsMountError.
     """
     started = clock()
     deadline = started + timeout
@@ -303,7 +341,9 @@ def mount_nfs(p: Plan, target: str, timeout: float, *,
         if err is None:
             answered = True
             try:
-                return try_versions(p, target, mount_fn)
+                # The time left, but enough for one mount of a slow server that answers.
+                return try_versions(p, target, mount_fn,
+                                    max(MOUNT_TIMEOUT, deadline - clock()))
             except VersionsFailed as e:
                 err, last = e.errno, e.attempt
                 if is_refusal(err):
@@ -341,6 +381,12 @@ def explain(p: Plan, failure: NfsMountError, client: str) -> tuple[str, list[str
                 f"did not get through within {failure.waited:.0f} s ({os.strerror(err)})",
                 [f"rpcbind runs on {spec.server} (rpcinfo -p {spec.server} lists mountd)",
                  "or give the ports: port=2049,mountport=N,mountproto=tcp after the path"])
+    if err == errno.ETIMEDOUT:
+        return (f"{where}: {spec.server} accepts connections on port {p.port} but its NFS "
+                f"service did not reply within {failure.waited:.0f} s ({tried})",
+                [f"the NFS server on {spec.server} is running, not hung or stopped (its log)",
+                 f"port {p.port} on {spec.server} is the NFS server's",
+                 "a slow server: a longer ssi.timeout="])
     if err in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE):
         what = f"{where}: the server has no export {spec.path} ({name}, {tried})"
         checks = [f"the export's path on {spec.server} (exportfs -v; for NFSv4 the "

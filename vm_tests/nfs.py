@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,19 @@ class NfsServer:
             raise HarnessError(f"nfs-ganesha exited:\n{self._log_text()[-3000:]}\n"
                                f"{self.proc.output()[-2000:] if self.proc else ''}")
         return READY in self._log_text()
+
+    def pause(self) -> None:
+        """SIGSTOP ganesha and rpcbind: connections are still accepted (by the kernel), no
+        RPC is answered, as with a hung server."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is None:
+            raise HarnessError("nfs-ganesha is not running")
+        os.killpg(self.proc.pid, sig)
 
     def stop(self) -> None:
         """Kill ganesha and its rpcbind (their process group); idempotent."""

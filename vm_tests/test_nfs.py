@@ -152,7 +152,7 @@ def test_without_overlay_the_root_is_read_only_and_refusals_are_named(
         assert "waiting for the NFS server" not in vm.output()  # a no is not waited on
 
 
-def test_server_down_at_boot_gives_the_rescue_shell_and_exit_joins_once_it_is_up(
+def test_server_down_or_hung_at_boot_gives_the_rescue_shell_and_exit_joins_once_it_is_up(
         export: Path, kernel: Kernel, ramdisk: Path, vms: ExitStack, tmp_path: Path) -> None:
     with nfs_network(tmp_path / "net", export, start=False) as net:
         root = net.server.root("nfs")
@@ -168,9 +168,17 @@ def test_server_down_at_boot_gives_the_rescue_shell_and_exit_joins_once_it_is_up
         # The server that comes up speaks NFSv3 only: nfs: finds no v4 and falls back.
         net.server.protocols = "3"
         net.server.start()
+        # But first it hangs: the port takes connections, no RPC is answered.
+        net.server.pause()
         vm.send("exit\n")
-        vm.wait_for(r"linuxrc: .*retrying stage root")
+        vm.wait_for(r"linuxrc: .*FATAL.*NFS root 10\.77\.0\.1:/srv/ssiroot: 10\.77\.0\.1 "
+                    r"accepts connections on port 2049 but its NFS service did not reply "
+                    r"within \d+ s", timeout=120)
+        vm.wait_for(r"(?s)accepts connections.*" + RESCUE)
+        net.server.resume()
+        vm.send("exit\n")
         env = vm.node_env(timeout=120)
+        assert vm.output().count("retrying stage root") == 2
     assert (env["SSI_NODE"], env["SSI_ROOT"], env["SSI_OVERLAY"]) == ("1", root, "tmpfs")
     fstype, options = mounts(vm)["/run/ssi/lower"]
     assert fstype == "nfs" and "vers=3" in options

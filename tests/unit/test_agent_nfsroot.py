@@ -5,6 +5,7 @@ mount(2) calls, the TCP probe and the clock are fakes."""
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 
@@ -188,9 +189,12 @@ class FakeKernel:
     def __init__(self, answers: dict[str, int]) -> None:
         self.answers = answers  # version -> errno (0: mounted)
         self.calls: list[tuple[str, str, str, int, str]] = []
+        self.timeouts: list[float] = []
 
-    def __call__(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    def __call__(self, source: str, target: str, fstype: str, flags: int, data: str,
+                 timeout: float) -> None:
         self.calls.append((source, target, fstype, flags, data))
+        self.timeouts.append(timeout)
         version = data.split(",")[0].removeprefix("vers=")
         err = self.answers.get(version, 0)
         if err:
@@ -360,3 +364,55 @@ def test_probe_tells_refused_from_answered() -> None:
         port = listener.getsockname()[1]
         assert nfsroot.probe("127.0.0.1", port, 1.0) is None
     assert nfsroot.probe("127.0.0.1", port, 1.0) == errno.ECONNREFUSED
+
+
+def test_each_mount_gets_the_time_left_but_never_less_than_mount_timeout() -> None:
+    p = plan(parse_spec("nfs4:10.77.0.1:/srv/root"), CLIENT)
+    kernel = FakeKernel({"4.2": errno.ETIMEDOUT})
+    clock = Clock()
+    with pytest.raises(NfsMountError) as e:
+        mount_nfs(p, "/newroot", 12, mount_fn=kernel, probe_fn=lambda *a: None, clock=clock,
+                  sleep=clock.sleep)
+    assert kernel.timeouts[0] == 12 and min(kernel.timeouts) == nfsroot.MOUNT_TIMEOUT
+    # A silent NFS service behind an open port: retried, then named as such.
+    assert (e.value.errno, e.value.answered) == (errno.ETIMEDOUT, True)
+    what, _ = explain(p, e.value, CLIENT)
+    assert what == ("NFS root 10.77.0.1:/srv/root: 10.77.0.1 accepts connections on port 2049 "
+                    "but its NFS service did not reply within 12 s (NFS 4.2)")
+
+
+def need_root() -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("mount needs root")
+
+
+def test_bounded_mount_mounts_for_the_caller(tmp_path: Path) -> None:
+    need_root()
+    from linuxrc_agent.mounts import is_mountpoint
+    from linuxrc_agent.syscalls import umount2
+
+    nfsroot.bounded_mount("tmpfs", str(tmp_path), "tmpfs", 0, "mode=0700", 5.0)
+    try:
+        assert is_mountpoint(str(tmp_path))  # the child's mount is in our namespace
+    finally:
+        umount2(str(tmp_path))
+    with pytest.raises(OSError) as e:
+        nfsroot.bounded_mount("none", str(tmp_path / "absent"), "tmpfs", 0, "", 5.0)
+    assert e.value.errno == errno.ENOENT
+
+
+def test_bounded_mount_cuts_off_a_call_that_overstays(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    def hang(*args: object) -> None:
+        time.sleep(30)  # what a server that never replies does to mount(2)
+
+    monkeypatch.setattr(nfsroot, "mount", hang)  # the forked child runs this
+    started = time.monotonic()
+    with pytest.raises(OSError) as e:
+        nfsroot.bounded_mount("10.77.0.1:/x", "/newroot", "nfs4", 0, "", 0.3)
+    assert e.value.errno == errno.ETIMEDOUT
+    assert time.monotonic() - started < 5
