@@ -10,6 +10,7 @@ from pathlib import Path
 from mkinitrd_ssi import cli
 from mkinitrd_ssi.dhcp import BootFiles, Format
 from mkinitrd_ssi.dhcp.generate import DhcpOptions, write_config
+from mkinitrd_ssi.errors import SsiError
 
 PROG = "mkdhcpd.ssi"
 
@@ -33,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="script handed to iPXE clients (default: %(default)s)")
     parser.add_argument("--no-check", action="store_true",
                         help="do not run the server's own config checker")
+    parser.add_argument("--reload", action="store_true",
+                        help="after the checker passed and the output changed, make the "
+                        "running server use it without dropping leases (dhcpd, dnsmasq: "
+                        "restarted with their own command line; Kea: config-reload over its "
+                        "control socket); says what it did")
+    parser.add_argument("--pid-file", type=Path, metavar="FILE",
+                        help="with --reload: the pid file of the running dhcpd or dnsmasq "
+                        "(default: ROOT/run/dhcpd.pid, ROOT/run/dnsmasq/dnsmasq.pid; else "
+                        "their systemd unit)")
     return parser
 
 
@@ -55,10 +65,17 @@ def options(args: argparse.Namespace) -> DhcpOptions:
     return DhcpOptions(root=cli.Root(args.root), format=args.format, proto=args.proto,
                        output=args.output,
                        boot=BootFiles(args.pxe_file, args.ipxe_script, args.next_server),
-                       check=not args.no_check, dry_run=args.dry_run)
+                       check=not args.no_check, dry_run=args.dry_run, reload=args.reload,
+                       pid_file=args.pid_file)
 
 
 def generate(args: argparse.Namespace) -> int:
+    if args.reload and args.no_check:
+        # A server restarted on a config nobody checked may not come back.
+        error = SsiError("--reload needs the server's checker: it does not go with "
+                         "--no-check", hint="drop --no-check")
+        error.exit_code = 2
+        raise error
     table, _ = cli.read_ssitab(cli.ssitab_path(args))
     return write_config(table, options(args))
 

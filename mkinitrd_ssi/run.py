@@ -50,3 +50,17 @@ def run(
             detail = ": " + result.stderr.decode(errors="replace").strip().splitlines()[-1]
         raise SsiError(f"{shlex.join(argv)} failed with exit code {result.returncode}{detail}")
     return result
+
+
+def spawn(argv: Sequence[str], *, cwd: str | None = None,
+          env: Mapping[str, str] | None = None) -> int:
+    """Start argv detached (own session, no stdio of ours), for a daemon that must
+    outlive this command; its pid."""
+    log.debug("+ %s &", shlex.join(argv))
+    try:
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env) if env is not None else None,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    except FileNotFoundError:
+        raise SsiError(f"{argv[0]}: command not found") from None
+    return proc.pid

@@ -26,6 +26,8 @@ class DhcpOptions:
     boot: BootFiles = field(default_factory=BootFiles)
     check: bool = True  # run the server's own checker
     dry_run: bool = False
+    reload: bool = False  # apply a changed config to the running server (dhcp/reload.py)
+    pid_file: Path | None = None  # None: ROOT/<the server's default pid file>
 
 
 def _checker_detail(output: str, tmp: Path, shown_as: str) -> str:
@@ -88,8 +90,19 @@ def write_config(table: Ssitab, opts: DhcpOptions) -> int:
             print(f"{output}: unchanged")
         else:
             sys.stdout.write(unified_diff(old, content, output))
+            if opts.reload:
+                print(f"would reload the running {back.format.value} server")
         return 0
+    # A checker that refuses raises here: nothing is renamed, nothing reloaded.
     changed = replace_if_changed(output, content, validate=validate,
                                  like=proto_path if proto_path.exists() else None)
     print(f"{output}: {'written' if changed else 'unchanged'} ({len(table)} nodes)")
+    if opts.reload:
+        if not changed:
+            print("unchanged: the running server was not touched")
+        else:
+            from mkinitrd_ssi.dhcp import reload
+
+            pid_file = opts.pid_file or opts.root(reload.PID_FILES.get(back.format, "/"))
+            print(reload.apply(back.format, output, pid_file))
     return 0

@@ -131,23 +131,30 @@ KINDS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(KINDS))
-def server(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server_tree(name: str, tmp: Path) -> tuple[Kind, Path, Path]:
+    """Skip unless the server and busybox can run here; else ROOT (ssitab, proto's
+    directory) and the udhcpc script under tmp."""
     reason = available()
     if reason:
         pytest.skip(reason)
-    kind = KINDS[request.param]
+    kind = KINDS[name]
     for tool in (kind.server, "busybox"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed (make deps installs it)")
-    tmp = tmp_path_factory.mktemp(request.param)
     root = tmp / "root"
     (root / kind.proto).parent.mkdir(parents=True)
     (root / "etc/ssitab").write_text(TABLE)
     script = tmp / "udhcpc.sh"
     script.write_text(CLIENT_SCRIPT)
     script.chmod(0o755)
+    return kind, root, script
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp(request.param)
+    kind, root, script = server_tree(request.param, tmp)
     with Netns(workdir=tmp) as ns, Netns(workdir=tmp) as clients:
         bridge = ns.add_bridge(f"{SERVER_IP}/24")
         if request.param == "kea":
