@@ -79,6 +79,7 @@ bench: deps bench-deps venv kernel ## benchmarks; figures go in the README
 	$(PY) bench/bench_initrd.py
 	$(PY) bench/bench_pxe.py
 	$(PY) bench/bench_ssitab_1m.py
+	$(PY) bench/bench_storm.py
 
 powercut: deps venv kernel ## root: 200 power cuts mid-sync under QEMU (CUTS=N, SEED=S); "N cuts, K torn"
 	$(PY) bench/bench_powercut.py --cuts $${CUTS:-200} $${SEED:+--seed $$SEED}
