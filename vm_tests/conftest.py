@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from vm_tests import cluster, images
+from vm_tests import cluster, images, pxe
 from vm_tests.kernel import Kernel
 from vm_tests.kernel import kernel as cached_kernel
 from vm_tests.qemu import Disk, Nic, Vm, VmConfig, console_args
@@ -57,6 +57,22 @@ def root_images(tmp_path_factory: pytest.TempPathFactory, kernel: Kernel,
         "plain": images.ext4_image(base / "root.img", tree, size_mb=160,
                                    label=cluster.ROOT_LABEL, uuid=cluster.ROOT_UUID),
     }
+
+
+@pytest.fixture(scope="module")
+def admin_root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+               kernel: Kernel, ramdisk: Path) -> Path:
+    """The admin's tree of a PXE test module (pxe.admin_tree), with that module's CMDLINE."""
+    name = request.module.__name__.rpartition(".")[2]
+    return pxe.admin_tree(tmp_path_factory.mktemp(f"{name}-root"), kernel.vmlinuz, ramdisk,
+                          request.module.CMDLINE)
+
+
+@pytest.fixture(scope="module")
+def net(admin_root: Path) -> Iterator[pxe.PxeNet]:
+    """The private boot network serving admin_root: dhcpd and tftpd in a namespace."""
+    with pxe.serving(admin_root) as boot_net:
+        yield boot_net
 
 
 @pytest.fixture

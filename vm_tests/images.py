@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from mkinitrd_ssi.run import run
-from vm_tests.qemu import ENV_BEGIN, ENV_END, INIT_MARKER
+from vm_tests.qemu import CMDLINE_MARKER, ENV_BEGIN, ENV_END, INIT_MARKER
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -19,6 +19,7 @@ TEST_INIT = f"""#!/bin/busybox sh
 # Test init of the shared root: report what the agent left behind, then power off.
 /bin/busybox mount -t proc proc /proc 2>/dev/null
 echo "{INIT_MARKER} pid=$$"
+echo "{CMDLINE_MARKER} $(/bin/busybox cat /proc/cmdline)"
 echo "{ENV_BEGIN}"
 /bin/busybox cat /run/ssi/node.env
 echo "{ENV_END}"

@@ -21,7 +21,7 @@ from mkinitrd_ssi.lilo import main as lilo
 from mkinitrd_ssi.mkdhcpd import main as mkdhcpd
 from vm_tests import cluster
 from vm_tests.netns import Netns, Proc
-from vm_tests.qemu import Disk, Nic, Vm, VmConfig
+from vm_tests.qemu import Disk, Nic, Uefi, Vm, VmConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,10 +47,12 @@ class PxeNet:
         """A fresh tap on the bridge, as a QEMU -netdev spec."""
         return f"tap,ifname={self.netns.add_tap(self.bridge)},script=no,downscript=no"
 
-    def node(self, mac: str, log: Path, disks: list[Disk] | None = None) -> Vm:
-        """A machine that PXE-boots on this network (QEMU's iPXE ROM), with these disks."""
+    def node(self, mac: str, log: Path, disks: list[Disk] | None = None,
+             uefi: Uefi | None = None) -> Vm:
+        """A machine that PXE-boots on this network, with these disks: BIOS with QEMU's
+        iPXE ROM, or with uefi, OVMF's own PXE."""
         config = VmConfig(nics=[Nic(mac, netdev=self.netdev())], netboot=True, netns=self.ns,
-                          disks=disks or [])
+                          disks=disks or [], uefi=uefi)
         return Vm(config, log)
 
     def dhcpd_output(self) -> str:
@@ -122,4 +124,13 @@ def pxe_network(workdir: Path, dhcpd_conf: Path, tftpboot: Path,
                   f"{SERVER_IP}:69", "--secure", str(tftpboot)], log=workdir / "tftpd.log")
         if router_adverts:
             ns.popen([sys.executable, "-c", RADVERT, bridge], log=workdir / "radvert.log")
+        yield net
+
+
+@contextlib.contextmanager
+def serving(admin_root: Path) -> Iterator[PxeNet]:
+    """pxe_network for a tree admin_tree made: its dhcpd.conf and tftpboot; logs in ROOT/net."""
+    work = admin_root / "net"
+    work.mkdir()
+    with pxe_network(work, admin_root / "etc/dhcpd.conf", admin_root / "tftpboot") as net:
         yield net

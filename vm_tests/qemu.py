@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 INIT_MARKER = "SSI-INIT-REACHED"
 ENV_BEGIN = "SSI-NODE-ENV-BEGIN"
 ENV_END = "SSI-NODE-ENV-END"
+CMDLINE_MARKER = "SSI-PROC-CMDLINE:"  # then the shared root's /proc/cmdline, one line
 
 
 class BootTimeout(AssertionError):
@@ -35,6 +37,33 @@ class Disk:
 
     def arg(self) -> str:
         return f"file={self.path},format={self.fmt},if={self.interface}{self.extra}"
+
+
+OVMF_DIR = Path("/usr/share/OVMF")  # Debian's ovmf
+
+
+@dataclass(frozen=True)
+class Uefi:
+    """OVMF instead of SeaBIOS: its code read-only, and this machine's own copy of the
+    variable store (boot entries are written there). With secure_boot: the Secure Boot
+    build, Microsoft's keys enrolled (the .ms variables), SMM guarding the store."""
+
+    vars: Path
+    secure_boot: bool = False
+
+    @classmethod
+    def fresh(cls, vars_copy: Path, secure_boot: bool = False) -> Uefi:
+        template = "OVMF_VARS_4M.ms.fd" if secure_boot else "OVMF_VARS_4M.fd"
+        shutil.copyfile(OVMF_DIR / template, vars_copy)
+        return cls(vars_copy, secure_boot)
+
+    def argv(self) -> list[str]:
+        code = OVMF_DIR / ("OVMF_CODE_4M.secboot.fd" if self.secure_boot else "OVMF_CODE_4M.fd")
+        machine = ["-machine", "q35,smm=on", "-global",
+                   "driver=cfi.pflash01,property=secure,value=on"] if self.secure_boot \
+            else ["-machine", "q35"]
+        return [*machine, "-drive", f"if=pflash,format=raw,unit=0,file={code},readonly=on",
+                "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}"]
 
 
 @dataclass
@@ -54,6 +83,7 @@ class VmConfig:
     memory_mb: int = 1024
     netboot: bool = False  # -boot n: the NIC's iPXE ROM
     netns: str | None = None  # run QEMU inside this network namespace (tap devices)
+    uefi: Uefi | None = None  # None: SeaBIOS
     extra: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
@@ -65,15 +95,22 @@ class VmConfig:
             if self.initrd is not None:
                 argv += ["-initrd", str(self.initrd)]
             argv += ["-append", self.append]
+        if self.uefi is not None:
+            argv += self.uefi.argv()
         for disk in self.disks:
             argv += ["-drive", disk.arg()]
         if not self.nics:
             argv += ["-nic", "none"]
         for i, nic in enumerate(self.nics):
+            # The iPXE ROM on the NIC that netboots a BIOS machine; under UEFI no ROM:
+            # OVMF's own PXE runs, as on real hardware (and shim fails under iPXE's).
+            # OVMF follows bootindex, not -boot.
+            boots = self.netboot and i == 0
+            rom = "" if boots and self.uefi is None else ",romfile="
+            rom += ",bootindex=1" if boots and self.uefi is not None else ""
             argv += ["-netdev", f"{nic.netdev},id=n{i}",
-                     "-device", f"{nic.model},netdev=n{i},mac={nic.mac}"
-                     + ("" if self.netboot and i == 0 else ",romfile=")]
-        if self.netboot:
+                     "-device", f"{nic.model},netdev=n{i},mac={nic.mac}{rom}"]
+        if self.netboot and self.uefi is None:
             argv += ["-boot", "n"]
         argv += self.extra
         if self.netns:
@@ -143,6 +180,10 @@ class Vm:
         except subprocess.TimeoutExpired:
             raise BootTimeout(f"QEMU still running after {timeout} s\n--- console ---\n"
                               f"{self.output()[-4000:]}") from None
+
+    def proc_cmdline(self, timeout: float = 120.0) -> str:
+        """The kernel command line as the booted node's /proc/cmdline holds it."""
+        return self.wait_for(f"{CMDLINE_MARKER} ([^\r\n]*)", timeout).group(1)
 
     def node_env(self, timeout: float = 120.0) -> dict[str, str]:
         """The /run/ssi/node.env the shared root's test init printed."""

@@ -7,7 +7,6 @@ module; each test attaches its nodes on fresh tap devices.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,25 +16,12 @@ from mkinitrd_ssi.lilo import main as lilo
 from mkinitrd_ssi.mkinitrd import main as mkinitrd
 from vm_tests import cluster, localdisk
 from vm_tests.kernel import Kernel
-from vm_tests.pxe import PxeNet, admin_tree, pxe_network
+from vm_tests.pxe import PxeNet
 from vm_tests.qemu import Disk, Nic, Vm, VmConfig
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespace, taps")
 
 CMDLINE = f"root=LABEL={cluster.ROOT_LABEL} console=ttyS0 panic=-1 quiet"
-
-
-@pytest.fixture(scope="module")
-def admin_root(tmp_path_factory: pytest.TempPathFactory, kernel: Kernel, ramdisk: Path) -> Path:
-    return admin_tree(tmp_path_factory.mktemp("pxeroot"), kernel.vmlinuz, ramdisk, CMDLINE)
-
-
-@pytest.fixture(scope="module")
-def net(admin_root: Path) -> Iterator[PxeNet]:
-    work = admin_root / "net"
-    work.mkdir()
-    with pxe_network(work, admin_root / "etc/dhcpd.conf", admin_root / "tftpboot") as net:
-        yield net
 
 
 def shared_root(root_images: dict[str, Path]) -> Disk:

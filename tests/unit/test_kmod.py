@@ -166,6 +166,18 @@ def test_compressed_modules_are_decompressed_once(moddir: Path, tmp_path: Path,
     assert calls == []
 
 
+SIGNED = b"~Module signature appended~\n"
+
+
+def test_a_compressed_signed_module_keeps_its_signature(moddir: Path, tmp_path: Path) -> None:
+    # Kernels sign a module, then compress it: decompressed, it is the signed module again,
+    # which a kernel locked down by Secure Boot loads (and no other).
+    signed = fake_ko("kernel/fs/fat/fat.ko.gz") + b"PKCS7 stand-in" + SIGNED
+    (moddir / "kernel/fs/fat/fat.ko.gz").write_bytes(gzip.compress(signed))
+    module = kmod.ModuleIndex(moddir).modules["fat"]
+    assert kmod.materialize(moddir, module, tmp_path).read_bytes() == signed
+
+
 def test_corrupt_compressed_module_is_an_error(moddir: Path, tmp_path: Path) -> None:
     (moddir / "kernel/fs/fat/fat.ko.gz").write_bytes(b"not gzip")
     with pytest.raises(SsiError, match=r"fat\.ko\.gz: cannot decompress"):
@@ -196,6 +208,18 @@ def test_debian_cloud_kernel_default_set() -> None:
     # The cloud flavour has no physical NIC or AHCI drivers at all.
     assert {"e1000", "e1000e", "igb", "ixgbe", "ahci"} <= set(sel.absent)
     assert got.index("virtio_ring") < got.index("virtio") < got.index("virtio_pci")
+
+
+@pytest.mark.skipif(real is None, reason="kernel not fetched (python -m vm_tests.kernel)")
+def test_debian_modules_go_into_the_ramdisk_signed_byte_for_byte(tmp_path: Path) -> None:
+    """Under Secure Boot the kernel loads only signed modules (measured under OVMF)."""
+    assert real is not None
+    index = kmod.ModuleIndex(real.moddir)
+    for module in index.select(kmod.DEFAULT_MODULES).modules:
+        data = kmod.materialize(real.moddir, module, tmp_path).read_bytes()
+        assert data.endswith(SIGNED), module.relpath
+        if module.compression is None:
+            assert data == (real.moddir / module.relpath).read_bytes()
 
 
 def test_modinfo_and_firmware_as_modinfo_reads_them(moddir: Path, tmp_path: Path) -> None:
