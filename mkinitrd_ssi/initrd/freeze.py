@@ -1,21 +1,48 @@
 """The boot agent frozen with PyInstaller (onedir), cached by a hash of what goes into it.
 
 Onedir, not onefile: a onefile bootloader stays PID 1 with the Python code as
-its child, so switch_root and reaping cannot work (docs/architecture.md, "The ramdisk"). The cache key
-covers the agent's sources, PyInstaller's and Python's versions and our own
-options, and nothing else, so a rebuild after an ssitab edit never re-freezes.
+its child, so switch_root and reaping cannot work (DESIGN.md). The cache key
+covers the agent's sources, PyInstaller's and Python's versions and the
+recipe, and nothing else, so a rebuild after an ssitab edit never re-freezes.
+
+The recipe (issue 14; figures in README, Benchmarks) makes the frozen tree
+cheap to start and small once the image compresses it:
+
+- no zlib inside PyInstaller's archives (level 0): the image is compressed
+  as a whole by zstd, which does better on plain bytecode than on zlib
+  output (7.20 -> 6.11 MB measured), and no import pays for inflating;
+- bytecode at optimize=2 (no docstrings, no asserts: the agent relies on
+  neither; its two asserts only narrow types for mypy);
+- the standard library trimmed to the import closure of the agent's modules
+  (PyInstaller's graph follows every function-level import of the standard
+  library too and collected email, decimal, tarfile, logging, argparse...),
+  and the encodings to those the agent and the interpreter use;
+- PyInstaller's runtime hook for inspect dropped: it imports inspect and
+  zipfile and reads base_library.zip's directory at every start, to fix
+  inspect.getsourcefile, which the agent never calls;
+- a fixed hash seed: a random one is read from the kernel while the
+  interpreter starts, and before the kernel's random pool is initialised
+  that read waits for it (measured: about 1 s of a TCG boot, "random: crng
+  init done"; a machine with RDRAND does not wait). The agent hashes nothing
+  an attacker chooses, and its dict and set orders become reproducible.
+
+A frozen tree is checked before it is cached: it must import every module of
+the agent and everything they import (SSI_STARTUP_PROBE, see __main__.py).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.metadata
 import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
@@ -25,13 +52,15 @@ from mkinitrd_ssi.run import log, run
 
 NAME = "linuxrc"
 # Bump when the freezing recipe changes in a way the key does not see.
-RECIPE = "2"
+RECIPE = "3"
 KEEP = 4  # frozen agents kept in the cache (newest first)
+RTHOOK = Path(__file__).resolve().parent / "rthook_clock.py"
 
 # What the agent (standard library, ctypes, xxhash) never imports but PyInstaller would
 # pull in through optional imports: the large ones are OpenSSL (_hashlib, _ssl: ~5 MB),
 # the CJK codecs, decimal and the compression modules. Any of these that the agent does
-# import directly is kept (see excludes()).
+# import directly is kept (see excludes()). Excluded at analysis, so their extension
+# modules and libraries are never collected; the trim to the import closure does the rest.
 EXCLUDES = (
     "tkinter", "_tkinter", "turtle", "turtledemo", "idlelib", "lib2to3", "pydoc",
     "pydoc_data", "doctest", "unittest", "test", "ensurepip", "venv", "distutils",
@@ -41,6 +70,36 @@ EXCLUDES = (
     "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw",
     "asyncio", "multiprocessing",
 )
+# The codecs kept in base_library.zip (PyInstaller puts all ~120 there, 0.61 MB): the
+# interpreter's own (utf-8: the ramdisk has no locale, so Python runs in UTF-8 mode) and
+# those the agent names (latin-1 for FAT labels, unicode_escape in ssitab's messages).
+ENCODINGS = ("aliases", "ascii", "latin_1", "utf_8", "utf_8_sig", "unicode_escape",
+             "raw_unicode_escape")
+# Imported by the standard library inside functions the agent may reach, although no
+# module imports them at load time: collections.Counter.most_common (heapq).
+LAZY_STDLIB = ("heapq",)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the agent is frozen; every field is part of the cache key."""
+
+    optimize: int = 2  # bytecode optimisation level (PyInstaller --optimize)
+    zlib_level: int | None = 0  # PyInstaller's archives; None: its own default (6 and 9)
+    trim: bool = True  # keep only the agent's import closure of the standard library
+    encodings: tuple[str, ...] | None = ENCODINGS  # None: every codec
+    drop_rthooks: tuple[str, ...] = ("pyi_rth_inspect",)
+    hash_seed: int | None = 0  # None: random, read from the kernel at start-up
+    python_options: tuple[str, ...] = ()  # e.g. ("X importtime",) for a profile
+
+    def describe(self) -> str:
+        return " ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+
+
+DEFAULT = Recipe()
+# PyInstaller's defaults, as frozen before issue 14: the bench builds it beside DEFAULT.
+PLAIN = Recipe(optimize=0, zlib_level=None, trim=False, encodings=None, drop_rthooks=(),
+               hash_seed=None)
 
 
 _IMPORT_RE = re.compile(rb"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.MULTILINE)
@@ -50,25 +109,90 @@ def sources(package: Path) -> list[Path]:
     return sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def imported_names(package: Path) -> set[str]:
-    """Top-level module names the package's sources import, at any depth in the code."""
-    names: set[str] = set()
+def _trees(package: Path) -> list[tuple[Path, ast.Module]]:
+    out = []
     for path in sources(package):
         try:
-            tree = ast.parse(path.read_bytes(), str(path))
+            out.append((path, ast.parse(path.read_bytes(), str(path))))
         except SyntaxError as e:
             raise SsiError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    return out
+
+
+def import_targets(package: Path) -> set[str]:
+    """Every module the package's sources import, by full name, at any depth in the code."""
+    names: set[str] = set()
+    for _, tree in _trees(package):
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                names.update(a.name.split(".")[0] for a in node.names)
+                names.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names.add(node.module.split(".")[0])
+                names.add(node.module)
+    names.discard("__future__")
     return names
 
 
-def excludes(package: Path) -> list[str]:
+def imported_names(package: Path) -> set[str]:
+    """Top-level module names the package's sources import, at any depth in the code."""
+    return {n.split(".")[0] for n in import_targets(package)}
+
+
+def agent_modules(package: Path) -> list[str]:
+    """The package's own modules by name, its entry script (which boots) left out."""
+    out = []
+    for path in sources(package):
+        rel = path.relative_to(package.parent).with_suffix("")
+        parts = list(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        if parts[-1] != "__main__":
+            out.append(".".join(parts))
+    return out
+
+
+def excludes(package: Path, recipe: Recipe = DEFAULT) -> list[str]:
     used = imported_names(package)
-    return [m for m in EXCLUDES if m not in used]
+    out = [m for m in EXCLUDES if m not in used]
+    if recipe.encodings is not None:
+        out += [f"encodings.{e}" for e in _all_encodings() if e not in recipe.encodings]
+    return out
+
+
+def _all_encodings() -> list[str]:
+    import encodings
+    import pkgutil
+
+    return sorted(m.name for m in pkgutil.iter_modules(encodings.__path__))
+
+
+# Run by the freezing interpreter, isolated and without site: which modules importing the
+# agent's modules and everything they import anywhere loads (optional ones may fail).
+_CLOSURE = r"""
+import importlib, sys
+sys.path[:0] = sys.argv[1].split("\n")
+failed = []
+for name in sys.argv[2:]:
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        failed.append(f"{name}: {type(e).__name__}: {e}")
+print("\n".join(sorted(sys.modules)))
+print("--failed--")
+print("\n".join(failed), end="")
+"""
+
+
+def import_closure(package: Path) -> tuple[set[str], list[str]]:
+    """(modules loaded by importing the agent's modules and all they import, the imports
+    that fail here). The agent's modules execute their top level on this host: they only
+    define things (and load libc through ctypes)."""
+    wanted = sorted({*agent_modules(package), *import_targets(package)})
+    paths = [str(package.parent), *(p for p in sys.path if p and p != str(package.parent))]
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", _CLOSURE, "\n".join(paths),
+                           *wanted], capture_output=True, text=True, check=False,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    if proc.returncode != 0:
+        raise SsiError(f"cannot import the agent to find what it needs:\n{proc.stderr.strip()}")
+    loaded, _, failed = proc.stdout.partition("--failed--\n")
+    return set(loaded.split()), [f for f in failed.splitlines() if f]
 
 
 def pyinstaller_version() -> str:
@@ -89,10 +213,11 @@ def _versions(names: set[str], package: str) -> list[str]:
                    for d in dists.get(n, [])})
 
 
-def cache_key(package: Path) -> str:
+def cache_key(package: Path, recipe: Recipe = DEFAULT) -> str:
     """Hash of the sources, the tools' versions and the recipe. Cheap on purpose (it runs
-    on every build): imports are found with a regex rather than parsed; the excludes
-    need no scan, being a function of the sources and EXCLUDES, both hashed."""
+    on every build): imports are found with a regex rather than parsed; the excludes and
+    the import closure need no scan, being functions of the sources, the recipe and the
+    Python version, all hashed."""
     h = xxhash.xxh3_128()
     names: set[str] = set()
     for path in sources(package):
@@ -101,31 +226,95 @@ def cache_key(package: Path) -> str:
         h.update(str(path.relative_to(package)).encode() + b"\0" + data + b"\0")
     # Upgrading a library the agent imports (xxhash) must re-freeze it too.
     for part in (RECIPE, pyinstaller_version(), sys.version, platform.machine(),
-                 " ".join(EXCLUDES), " ".join(_versions(names, package.name))):
+                 " ".join(EXCLUDES), " ".join(LAZY_STDLIB), recipe.describe(),
+                 RTHOOK.read_text(), " ".join(_versions(names, package.name))):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 
 
-def _freeze(package: Path, dest: Path, verbose: bool) -> None:
+# The spec PyInstaller runs (its CLI cannot drop a runtime hook nor trim the archive).
+_SPEC = """\
+# Generated by mkinitrd_ssi/initrd/freeze.py: the frozen boot agent.
+from PyInstaller.utils.hooks import collect_submodules
+
+KEEP = {keep!r}
+DROP_RTHOOKS = {drop_rthooks!r}
+
+a = Analysis([{entry!r}], pathex=[{path!r}],
+             hiddenimports=collect_submodules({package!r}), runtime_hooks=[{rthook!r}],
+             excludes={excludes!r}, noarchive=False, optimize={optimize!r})
+a.scripts = [s for s in a.scripts if s[0] not in DROP_RTHOOKS]
+if KEEP is not None:
+    KEEP = set(KEEP)
+    a.pure = [m for m in a.pure if m[0] in KEEP]
+    a.binaries = [b for b in a.binaries if b[2] != "EXTENSION"
+                  or b[0].split("/")[-1].split(".")[0] in KEEP
+                  or b[0].rsplit(".", 2)[0].replace("/", ".") in KEEP]
+pyz = PYZ(a.pure)
+exe = EXE(pyz, a.scripts, {options!r}, exclude_binaries=True, name={name!r}, debug=False,
+          bootloader_ignore_signals=False, strip=True, upx=False, console=True)
+coll = COLLECT(exe, a.binaries, a.datas, strip=True, upx=False, name={name!r})
+"""
+
+
+def spec_text(package: Path, recipe: Recipe, keep: set[str] | None) -> str:
+    options = [(o, None, "OPTION") for o in recipe.python_options]
+    options += [("O", None, "OPTION")] * recipe.optimize
+    if recipe.hash_seed is not None:
+        options.append((f"hash_seed={recipe.hash_seed}", None, "OPTION"))
+    return _SPEC.format(
+        keep=None if keep is None else sorted(keep), drop_rthooks=recipe.drop_rthooks,
+        entry=str(package / "__main__.py"), path=str(package.parent), package=package.name,
+        rthook=str(RTHOOK), excludes=excludes(package, recipe), optimize=recipe.optimize,
+        options=options, name=NAME)
+
+
+def _keep(package: Path, recipe: Recipe) -> set[str] | None:
+    if not recipe.trim:
+        return None
+    closure, failed = import_closure(package)
+    for line in failed:
+        log.warning("agent: an import fails on this host too (left to the frozen check): %s",
+                    line)
+    return closure | set(LAZY_STDLIB)
+
+
+def check_frozen(exe: Path, package: Path) -> None:
+    """The frozen agent imports all of its modules and everything they import anywhere,
+    or the freeze fails here rather than a node at boot."""
+    wanted = sorted({*agent_modules(package), *import_targets(package)})
+    env = {"SSI_STARTUP_PROBE": ",".join(wanted), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([str(exe)], env=env, capture_output=True, text=True, check=False,
+                          timeout=120)
+    missing = [line.split(" ", 2)[2] for line in proc.stdout.splitlines()
+               if line.startswith("ssi-startup-probe missing ")]
+    if proc.returncode != 0 or missing or "ssi-startup-probe times" not in proc.stdout:
+        details = "\n".join(missing) or (proc.stdout + proc.stderr).strip()[-2000:]
+        raise SsiError(f"the frozen agent {exe} cannot import what it needs:\n{details}",
+                       hint="a module the freeze left out: see mkinitrd_ssi/initrd/freeze.py")
+
+
+def _freeze(package: Path, dest: Path, verbose: bool, recipe: Recipe = DEFAULT) -> None:
     entry = package / "__main__.py"
     if not entry.is_file():
         raise SsiError(f"{entry}: no such file", hint="the agent's entry script is missing")
     work = Path(tempfile.mkdtemp(prefix=".freeze-", dir=dest.parent))
     try:
-        argv = [sys.executable, "-m", "PyInstaller", "--onedir", "--strip", "--noconfirm",
-                "--name", NAME, "--distpath", str(work / "dist"),
-                "--workpath", str(work / "build"), "--specpath", str(work),
-                "--paths", str(package.parent), "--collect-submodules", package.name,
-                "--log-level", "INFO" if verbose else "WARN"]
-        for module in excludes(package):
-            argv += ["--exclude-module", module]
+        spec = work / f"{NAME}.spec"
+        spec.write_text(spec_text(package, recipe, _keep(package, recipe)))
+        argv = [sys.executable, "-m", "PyInstaller", "--noconfirm",
+                "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
+                "--log-level", "INFO" if verbose else "WARN", str(spec)]
         # A fixed hash seed makes PyInstaller's output reproducible (set ordering in the
         # bytecode it writes), so a re-freeze of the same sources gives the same image.
-        run([*argv, str(entry)], capture=not verbose,
-            env={**os.environ, "PYTHONHASHSEED": "0"})
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        if recipe.zlib_level is not None:
+            env["PYINSTALLER_ZLIB_COMPRESSION_LEVEL"] = str(recipe.zlib_level)
+        run(argv, capture=not verbose, env=env)
         built = work / "dist" / NAME
         if not (built / NAME).is_file():
             raise SsiError(f"PyInstaller left no {built / NAME}")
+        check_frozen(built / NAME, package)
         try:
             built.rename(dest)
         except OSError:
@@ -143,16 +332,17 @@ def _prune(base: Path, keep: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def frozen_agent(package: Path, cache: Path, *, verbose: bool = False) -> Path:
+def frozen_agent(package: Path, cache: Path, *, verbose: bool = False,
+                 recipe: Recipe = DEFAULT) -> Path:
     """The onedir tree of the frozen agent (holding NAME and _internal/), frozen if needed."""
     base = cache / "agent"
     base.mkdir(parents=True, exist_ok=True)
-    dest = base / cache_key(package)
+    dest = base / cache_key(package, recipe)
     if (dest / NAME).is_file():
         log.info("agent: frozen copy %s reused", dest)
         os.utime(dest)
         return dest
     log.info("agent: freezing %s with PyInstaller %s", package, pyinstaller_version())
-    _freeze(package, dest, verbose)
+    _freeze(package, dest, verbose, recipe)
     _prune(base, dest)
     return dest
