@@ -23,7 +23,7 @@ import contextlib
 import errno
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 StrPath = str | os.PathLike[str]
 
@@ -113,8 +113,14 @@ def _commit(ops: Ops, tmp: str, target: str) -> None:
 
 
 def replace(target: StrPath, data: bytes | memoryview, *, mode: int | None = None,
-            ops: Ops = OPS) -> None:
+            ops: Ops = OPS, tmp_dir: StrPath | None = None,
+            before_rename: Callable[[], None] | None = None) -> None:
     """Make target hold exactly data, atomically and durably.
+
+    tmp_dir: where the temp file is written (default: beside target; it must
+    be on target's filesystem). The boot partition's first sync keeps it out
+    of the directory that names what boots. before_rename: runs once the temp
+    file is durable, before it replaces target (that sync checkpoints there).
 
     mode None: 0644 less the umask (a filesystem that cannot chmod, as vfat,
     is never asked to). On an error the temp file is removed and target is
@@ -123,7 +129,8 @@ def replace(target: StrPath, data: bytes | memoryview, *, mode: int | None = Non
     of the directory removes the leftover (is_temp_of).
     """
     target = os.fspath(target)
-    tmp = os.path.join(os.path.dirname(target), temp_name(os.path.basename(target)))
+    where = os.path.dirname(target) if tmp_dir is None else os.fspath(tmp_dir)
+    tmp = os.path.join(where, temp_name(os.path.basename(target)))
     fd = _create(ops, tmp, mode)
     try:
         try:
@@ -131,6 +138,8 @@ def replace(target: StrPath, data: bytes | memoryview, *, mode: int | None = Non
             ops.fsync(fd)
         finally:
             ops.close(fd)
+        if before_rename is not None:
+            before_rename()
         _commit(ops, tmp, target)
     except Exception:
         if os.path.lexists(tmp):

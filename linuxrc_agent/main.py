@@ -432,12 +432,18 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
                 mount(dev, BOOT_MNT, fstype, MS_REMOUNT, None)
 
             result = engine.sync_boot_dir(Path(BOOT_MNT), kernel, initrd, append,
-                                          root=Path(shared), before_write=writable)
+                                          root=Path(shared), before_write=writable,
+                                          progress=_sync_step)
     except OSError as e:
         return "failed", f"{dev}: {e.strerror}"
     if result.status is nodeenv.SyncStatus.FAILED:
         return "failed", f"{dev}: {result.reason}"  # which disk failed, not just EIO
     return result.status.value, result.reason
+
+
+def _sync_step(step: str) -> None:
+    # With ssi.debug, where a sync was when the power went (vm_tests/powercut.py).
+    console.debug(f"bootpair: {step}")
 
 
 def _ensure_filesystem(boot: Boot, fstype: str) -> None:

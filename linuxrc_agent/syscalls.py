@@ -55,6 +55,8 @@ SYS_FINIT_MODULE = 313  # x86_64
 # statfs(2) f_type values the agent tells apart.
 RAMFS_MAGIC = 0x858458F6
 TMPFS_MAGIC = 0x01021994
+EXT4_SUPER_MAGIC = 0xEF53  # ext2, ext3 and ext4 alike
+MSDOS_SUPER_MAGIC = 0x4D44  # FAT (vfat, msdos)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -64,6 +66,7 @@ _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
 _libc.reboot.argtypes = (ctypes.c_int,)
 _libc.statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
+_libc.syncfs.argtypes = (ctypes.c_int,)
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -104,6 +107,12 @@ def sethostname(name: str) -> None:
 def reboot(cmd: int = RB_AUTOBOOT) -> None:
     """Reboot (or power off) at once; the caller syncs first. Returns only on error."""
     if _libc.reboot(ctypes.c_int(cmd - (1 << 32) if cmd >= 1 << 31 else cmd)) != 0:
+        raise _fail()
+
+
+def syncfs(fd: int) -> None:
+    """Write back everything of the filesystem holding fd and flush the disk's cache."""
+    if _libc.syncfs(fd) != 0:
         raise _fail()
 
 

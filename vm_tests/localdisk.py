@@ -27,8 +27,9 @@ def stale_disk(work: Path, kernel: Path, append: str) -> Path:
 def pair_on_disk(disk: Path) -> dict[str, str]:
     """xxh3_128 of every ssi/ file on the disk's boot partition, and its extlinux.conf."""
     with attach(disk) as (part, _), mounted(part, "ro") as mnt:
-        files = {p.name: xxhash.xxh3_128_hexdigest(p.read_bytes())
-                 for p in sorted((mnt / "ssi").iterdir())}
+        # Keyed by the path under ssi/ (slot/name), which the config names as ssi/slot/name.
+        files = {str(p.relative_to(mnt / "ssi")): xxhash.xxh3_128_hexdigest(p.read_bytes())
+                 for p in sorted((mnt / "ssi").rglob("*")) if p.is_file()}
         files["extlinux.conf"] = (mnt / "extlinux.conf").read_text()
     return files
 

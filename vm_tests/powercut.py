@@ -195,7 +195,7 @@ class View:
         """Where the sync was when the power went, as far as the partition tells."""
         if self.problems:
             return "torn"
-        tmp = any(name.startswith(".tmp-") for name in self.files)
+        tmp = any(name.rsplit("/", 1)[-1].startswith(".tmp-") for name in self.files)
         if self.pair == "old":
             return "copying" if tmp else "renamed" if self.files else "untouched"
         return "committed" if self.files else "done"
@@ -232,8 +232,8 @@ def read_view(mnt: Path, setup: Setup) -> View:
     if view.pair == "-":
         view.problems.append(f"the config names neither the old nor the new pair: {found}")
     with contextlib.suppress(FileNotFoundError):
-        view.files = sorted(f"{p.name}" for p in (mnt / SSI_DIR).iterdir()
-                            if f"{SSI_DIR}/{p.name}" not in named)
+        view.files = sorted(str(p.relative_to(mnt / SSI_DIR)) for p in (mnt / SSI_DIR).rglob("*")
+                            if p.is_file() and str(p.relative_to(mnt)) not in named)
     return view
 
 

@@ -1,7 +1,23 @@
-"""The extlinux configuration (BIOS: SeaBIOS or firmware -> MBR -> extlinux) for a local pair.
+"""The extlinux configuration (BIOS: firmware -> MBR -> extlinux) for a local pair.
 
 One writer per bootloader configuration sits beside this one (a GRUB/ESP
 writer for UEFI fits the same Bootloader protocol, bootpair.pair).
+
+The file has a fixed size and a fixed layout, so that a sync never changes
+its length, its blocks or its directory entry, only bytes in place
+(docs/architecture.md, "The local boot partition: commit protocol"):
+
+    bytes 0-511      the head: comments, SERIAL, DEFAULT ssi-<live slot>, PROMPT 0,
+                     TIMEOUT 0, padded with a comment line; rewritten whole in one
+                     sector write: the commit
+    512 + 2560 * i   the region of slot i (a, b): the pair's sizes and hashes as
+                     comments, LABEL ssi-<slot>, LINUX, INITRD, APPEND, a padding
+                     comment; every line at a fixed offset (sizes zero-padded, the
+                     arguments right-aligned after APPEND, which syslinux skips
+                     blanks after), so a region torn between two of its versions
+                     is still one entry of its own slot
+
+A slot that never held a pair has a placeholder region (zero hashes).
 """
 
 from __future__ import annotations
@@ -10,7 +26,18 @@ import enum
 from pathlib import Path
 
 from linuxrc_agent import cmdline
-from linuxrc_agent.bootpair.pair import ROLES, FileId, LocalPair, PairMember, is_digest, member_name
+from linuxrc_agent.bootpair.kargs import MAX_APPEND
+from linuxrc_agent.bootpair.pair import (
+    ROLES,
+    SLOTS,
+    FileId,
+    Layout,
+    LocalPair,
+    PairMember,
+    is_digest,
+    member_name,
+    other,
+)
 
 
 class BootloaderKind(enum.Enum):
@@ -19,12 +46,33 @@ class BootloaderKind(enum.Enum):
 
 _HEADER = (
     "# ssi-boot local boot partition, written by linuxrc (bootpair) and lilo.ssi --local-only.\n"
-    "# Replaced whole at every sync: change the cluster's kernel arguments, not this file.\n"
+    "# Rewritten in place at every sync (fixed size): change the cluster's kernel arguments,\n"
+    "# not this file.\n"
 )
+HEAD = 512
+REGION = 2560
+_APPEND = "  APPEND"
+_APPEND_WIDTH = MAX_APPEND + 1  # at least one blank between APPEND and the widest arguments
+_NO_DIGEST = "0" * 32
+
+
+def _pad(text: str, size: int) -> bytes:
+    data = text.encode()
+    if len(data) > size - 2:
+        raise ValueError(f"{len(data)} bytes do not fit in {size}")
+    return data + b"#" * (size - len(data) - 1) + b"\n"
+
+
+def _placeholder(slot: str) -> LocalPair:
+    none = FileId(0, _NO_DIGEST)
+    return LocalPair(PairMember(member_name("kernel", _NO_DIGEST, slot), none),
+                     PairMember(member_name("initrd", _NO_DIGEST, slot), none), "")
 
 
 class Extlinux:
     name = BootloaderKind.EXTLINUX.value
+    head_size = HEAD
+    size = HEAD + len(SLOTS) * REGION
     # extlinux 6.04 reads <install dir>/extlinux.conf first, then /boot/syslinux,
     # /syslinux, /; the install dir is wherever ldlinux.sys was put.
     INSTALL_DIRS = ("", "extlinux", "boot/extlinux", "boot/syslinux", "syslinux")
@@ -35,49 +83,83 @@ class Extlinux:
                 return boot_dir / sub / "extlinux.conf"
         return boot_dir / "extlinux.conf"
 
-    def render(self, pair: LocalPair) -> bytes:
-        lines = [_HEADER]
-        for role in ROLES:
-            m = pair.member(role)
-            lines.append(f"# ssi-pair {role} {m.name} size={m.ident.size} "
-                         f"xxh3_128={m.ident.xxh3_128}\n")
-        serial = _serial_directive(pair.append)
-        if serial:
-            lines.append(serial + "\n")
-        lines.append(
-            "DEFAULT ssi\nPROMPT 0\nTIMEOUT 0\n"
-            "LABEL ssi\n"
-            f"  LINUX /{pair.kernel.name}\n"
-            f"  INITRD /{pair.initrd.name}\n"
-            f"  APPEND {pair.append}\n"
-        )
-        return "".join(lines).encode()
+    def offset(self, slot: str) -> int:
+        return HEAD + SLOTS.index(slot) * REGION
+
+    def head(self, slot: str, append: str) -> bytes:
+        serial = _serial_directive(append)
+        return _pad(f"{_HEADER}# ssi-slot {slot}\n" + (serial + "\n" if serial else "")
+                    + f"DEFAULT ssi-{slot}\nPROMPT 0\nTIMEOUT 0\n", HEAD)
+
+    def region(self, slot: str, pair: LocalPair | None) -> bytes:
+        p = pair if pair is not None else _placeholder(slot)
+        lines = [f"# ssi-pair {r} {p.member(r).name} size={p.member(r).ident.size:012d} "
+                 f"xxh3_128={p.member(r).ident.xxh3_128}\n" for r in ROLES]
+        blanks = " " * (_APPEND_WIDTH - len(p.append.encode()))
+        lines.append(f"LABEL ssi-{slot}\n  LINUX /{p.kernel.name}\n  INITRD /{p.initrd.name}\n"
+                     f"{_APPEND}{blanks}{p.append}\n")
+        return _pad("".join(lines), REGION)
+
+    def render(self, pair: LocalPair | None, slot: str = SLOTS[0]) -> bytes:
+        regions = {slot: self.region(slot, pair), other(slot): self.region(other(slot), None)}
+        return self.head(slot, pair.append if pair else "") + b"".join(regions[s] for s in SLOTS)
+
+    def layout(self, data: bytes) -> Layout | None:
+        if len(data) != self.size:
+            return None
+        for slot in SLOTS:
+            start = self.offset(slot)
+            ok, pair = self._region(slot, data[start:start + REGION])
+            if not ok or data[:HEAD] != self.head(slot, pair.append if pair else ""):
+                continue
+            spare = self.offset(other(slot))
+            if _shape(data[spare:spare + REGION]) != _shape(self.region(other(slot), None)):
+                return None  # edited between the lines: not ours
+            return Layout(slot, pair)
+        return None
 
     def parse(self, data: bytes) -> LocalPair | None:
+        found = self.layout(data)
+        return None if found is None else found.pair
+
+    def _region(self, slot: str, data: bytes) -> tuple[bool, LocalPair | None]:
+        """(is it exactly a region we render, its pair or None for the placeholder)."""
         try:
-            text = data.decode()
+            lines = data.decode().split("\n")
         except UnicodeDecodeError:
-            return None
-        members: dict[str, PairMember] = {}
-        append = None
-        for line in text.splitlines():
-            if line.startswith("# ssi-pair "):
-                words = line.split()
-                if len(words) != 6 or words[2] not in ROLES:
-                    return None
-                size, digest = words[4].removeprefix("size="), words[5].removeprefix("xxh3_128=")
-                if not size.isdigit() or not is_digest(digest):
-                    return None
-                members[words[2]] = PairMember(words[3], FileId(int(size), digest))
-            elif line.startswith("  APPEND "):
-                append = line[len("  APPEND "):]
-        if append is None or set(members) != set(ROLES):
-            return None
-        pair = LocalPair(members["kernel"], members["initrd"], append)
-        if any(pair.member(r).name != member_name(r, pair.member(r).ident.xxh3_128)
+            return False, None
+        if len(lines) < 6:
+            return False, None
+        members = []
+        for role, line in zip(ROLES, lines, strict=False):
+            words = line.split(" ")
+            if len(words) != 6 or words[:3] != ["#", "ssi-pair", role]:
+                return False, None
+            size, digest = words[4].removeprefix("size="), words[5].removeprefix("xxh3_128=")
+            if not size.isdigit() or not is_digest(digest):
+                return False, None
+            members.append(PairMember(words[3], FileId(int(size), digest)))
+        pair = LocalPair(members[0], members[1], lines[5][len(_APPEND):].lstrip(" "))
+        if self.region(slot, pair) != data:
+            return False, None
+        if pair == _placeholder(slot):
+            return True, None
+        if any(pair.member(r).name != member_name(r, pair.member(r).ident.xxh3_128, slot)
                for r in ROLES):
-            return None
-        return pair if self.render(pair) == data else None
+            return False, None
+        return True, pair
+
+
+def _shape(region: bytes) -> list[tuple[int, bytes]]:
+    """Where each line starts and its first word: what two versions of a region share."""
+    out, start = [], 0
+    while start < len(region):
+        end = region.find(b"\n", start)
+        if end < 0:
+            end = len(region)
+        out.append((start, region[start:end].lstrip(b" ").split(b" ", 1)[0][:8]))
+        start = end + 1
+    return out
 
 
 EXTLINUX = Extlinux()

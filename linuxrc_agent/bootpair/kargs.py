@@ -32,6 +32,9 @@ def problem(append: str) -> str | None:
     """Why append cannot go into a boot entry, or None."""
     if any(c in append for c in "\n\r\0"):
         return "kernel arguments must be one line"
+    if append != append.strip(" \t"):
+        # A config keeps them no better than the kernel does.
+        return "kernel arguments must not begin or end with blanks"
     if len(append.encode()) > MAX_APPEND:
         return f"kernel arguments are {len(append.encode())} bytes, the kernel takes {MAX_APPEND}"
     return None

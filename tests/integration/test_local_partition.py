@@ -69,8 +69,12 @@ def check_pair(boot_dir: Path, kernel: Path, initrd: Path) -> None:
     assert pair is not None
     assert hash_file(boot_dir / pair.kernel.name) == pair.kernel.ident == hash_file(kernel)
     assert hash_file(boot_dir / pair.initrd.name) == pair.initrd.ident == hash_file(initrd)
-    assert sorted(p.name for p in (boot_dir / "ssi").iterdir()) == sorted(
+    # The pair in its slot and nothing else there, the other slot empty.
+    slot = Path(pair.kernel.name).parent
+    assert sorted(p.name for p in (boot_dir / "ssi").iterdir()) == ["a", "b"]
+    assert sorted(p.name for p in (boot_dir / slot).iterdir()) == sorted(
         [Path(pair.kernel.name).name, Path(pair.initrd.name).name])
+    assert not any((boot_dir / "ssi" / ({"a", "b"} - {slot.name}).pop()).iterdir())
 
 
 @pytest.mark.parametrize("fs", ["ext4", "vfat"])

@@ -13,13 +13,16 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xxhash
 
-from linuxrc_agent.bootpair import engine, pair
+from linuxrc_agent.bootpair import pair
 from linuxrc_agent.bootpair.engine import SyncResult, sync_boot_dir
 from linuxrc_agent.bootpair.extlinux import EXTLINUX
 from linuxrc_agent.bootpair.fileops import FsOps, hash_file, resolve_in_root
@@ -27,6 +30,7 @@ from linuxrc_agent.bootpair.kargs import local_append
 from linuxrc_agent.bootpair.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from linuxrc_agent.bootpair.pair import FileId, LocalPair
 from linuxrc_agent.nodeenv import SyncStatus
+from vm_tests.crashstates import syslinux_entry
 
 APPEND = "root=LABEL=ssiroot console=ttyS0,115200 ro"
 KB = 1024
@@ -105,6 +109,19 @@ def booted_pair(part: Path) -> tuple[FileId, FileId]:
     return pair.kernel.ident, pair.initrd.ident
 
 
+def files(part: Path) -> list[str]:
+    """Every file under ssi/, relative to the partition."""
+    return sorted(str(p.relative_to(part)) for p in (part / "ssi").rglob("*") if p.is_file())
+
+
+def append_line(config: str) -> str:
+    """The live entry's kernel arguments (APPEND right-aligns them after blanks)."""
+    pair = EXTLINUX.parse(config.encode())
+    assert pair is not None
+    assert re.search(rf"^  APPEND +{re.escape(pair.append)}$", config, re.M)
+    return pair.append
+
+
 def read_noatime(path: Path) -> bytes:
     # A plain read would itself move atime (relatime) and hide what the sync did.
     fd = os.open(path, os.O_RDONLY | os.O_NOATIME)
@@ -129,11 +146,12 @@ def test_first_sync_installs_the_pair_and_config(tree: Tree) -> None:
     result = tree.sync()
     assert result.status is SyncStatus.UPDATED, result.reason
     assert booted_pair(tree.part) == (ident(OLD_K), ident(OLD_I))
-    names = sorted(p.name for p in (tree.part / "ssi").iterdir())
-    assert names == sorted([f"vmlinuz-{ident(OLD_K).xxh3_128}", f"initrd-{ident(OLD_I).xxh3_128}"])
+    assert files(tree.part) == sorted([f"ssi/a/vmlinuz-{ident(OLD_K).xxh3_128}",
+                                       f"ssi/a/initrd-{ident(OLD_I).xxh3_128}"])
     config = (tree.part / "extlinux.conf").read_text()
-    assert f"  APPEND {APPEND}\n" in config
+    assert append_line(config) == APPEND
     assert "SERIAL 0 115200\n" in config  # console=ttyS0 on the command line
+    assert len(config) == EXTLINUX.size and (tree.part / "ssi/b").is_dir()
 
 
 def test_unchanged_writes_nothing(tree: Tree) -> None:
@@ -165,15 +183,16 @@ def test_unchanged_without_manifest_compares_sizes_then_hashes(tree: Tree) -> No
 
 def test_new_kernel_replaces_only_the_kernel(tree: Tree) -> None:
     assert tree.sync().status is SyncStatus.UPDATED
-    initrd = tree.part / f"ssi/initrd-{ident(OLD_I).xxh3_128}"
-    inode = initrd.stat().st_ino
+    initrd = f"initrd-{ident(OLD_I).xxh3_128}"
+    inode = (tree.part / "ssi/a" / initrd).stat().st_ino
     tree.publish(kernel=NEW_K)
     result = tree.sync()
     assert result.status is SyncStatus.UPDATED
     assert "wrote kernel (317440 bytes) in" in result.reason
     assert booted_pair(tree.part) == (ident(NEW_K), ident(OLD_I))
-    assert initrd.stat().st_ino == inode
-    assert len(list((tree.part / "ssi").iterdir())) == 2  # the old kernel is gone
+    assert (tree.part / "ssi/b" / initrd).stat().st_ino == inode  # linked, not copied
+    # The old kernel is gone, and the old slot with it.
+    assert files(tree.part) == sorted([f"ssi/b/{initrd}", f"ssi/b/vmlinuz-{ident(NEW_K).xxh3_128}"])
 
 
 def test_same_size_different_content_is_a_change(tree: Tree) -> None:
@@ -187,18 +206,20 @@ def test_same_size_different_content_is_a_change(tree: Tree) -> None:
 
 def test_new_append_rewrites_the_config_only(tree: Tree) -> None:
     assert tree.sync().status is SyncStatus.UPDATED
-    pair_files = {p.name: p.stat().st_ino for p in (tree.part / "ssi").iterdir()}
+    pair_files = {p.name: p.stat().st_ino for p in (tree.part / "ssi").rglob("*") if p.is_file()}
     result = tree.sync(append="root=LABEL=ssiroot quiet")
     assert result.status is SyncStatus.UPDATED
     assert "extlinux config only" in result.reason
-    assert {p.name: p.stat().st_ino for p in (tree.part / "ssi").iterdir()} == pair_files
+    # The same inodes, linked into the other slot: no byte of the pair written.
+    assert {p.name: p.stat().st_ino for p in (tree.part / "ssi").rglob("*")
+            if p.is_file()} == pair_files
     config = (tree.part / "extlinux.conf").read_text()
-    assert "  APPEND root=LABEL=ssiroot quiet\n" in config and "SERIAL" not in config
+    assert append_line(config) == "root=LABEL=ssiroot quiet" and "SERIAL" not in config
 
 
 def test_corrupt_local_copy_is_rewritten(tree: Tree) -> None:
     assert tree.sync().status is SyncStatus.UPDATED
-    local = tree.part / f"ssi/initrd-{ident(OLD_I).xxh3_128}"
+    local = tree.part / f"ssi/a/initrd-{ident(OLD_I).xxh3_128}"
     data = bytearray(local.read_bytes())
     data[-1] ^= 0xFF
     local.write_bytes(bytes(data))
@@ -236,15 +257,18 @@ def test_leftovers_of_an_interrupted_sync_are_removed_by_the_next_sync(tree: Tre
     (tree.part / "ssi/.tmp-1-kernel").write_bytes(b"half a kern")
     (tree.part / f"ssi/initrd-{'0' * 32}").write_bytes(b"renamed, never committed")
     (tree.part / ".extlinux.conf.tmp-1").write_bytes(b"DEFAULT")
+    (tree.part / "ssi/b/.tmp-1-initrd").write_bytes(b"half an initrd, in the free slot")
     before = snapshot(tree.part)
     assert tree.sync().status is SyncStatus.UNCHANGED  # no write, not even a cleanup
     assert snapshot(tree.part) == before
     tree.publish(kernel=NEW_K)
     result = tree.sync()
     assert result.status is SyncStatus.UPDATED
-    assert "removed 3 leftover file(s)" in result.reason
+    assert "removed 4 leftover file(s)" in result.reason
     assert sorted(p.name for p in tree.part.iterdir()) == ["extlinux.conf", "ssi"]
-    assert len(list((tree.part / "ssi").iterdir())) == 2
+    assert sorted(p.name for p in (tree.part / "ssi").iterdir()) == ["a", "b"]
+    assert files(tree.part) == sorted(f"ssi/b/{n}" for n in (
+        f"vmlinuz-{ident(NEW_K).xxh3_128}", f"initrd-{ident(OLD_I).xxh3_128}"))
 
 
 def test_before_write_runs_once_before_the_first_write(tree: Tree) -> None:
@@ -317,7 +341,7 @@ def test_same_size_mismatch_is_caught_while_copying(tree: Tree) -> None:
     result = tree.sync(attempts=2)
     assert result.status is SyncStatus.SKIPPED and "does not match" in result.reason
     assert booted_pair(tree.part) == (ident(OLD_K), ident(OLD_I))
-    assert len(list((tree.part / "ssi").iterdir())) == 2  # the rejected copy is gone
+    assert len(files(tree.part)) == 2  # the rejected copy is gone
 
 
 def test_publish_completing_during_the_retry_is_picked_up(
@@ -380,6 +404,7 @@ class CountingOps(FsOps):
     def __init__(self) -> None:
         self.read = 0
         self.mutations = 0
+        self.in_place = 0
 
     def readinto(self, fd: int, buf: bytearray) -> int:
         n = super().readinto(fd, buf)
@@ -389,6 +414,10 @@ class CountingOps(FsOps):
     def open_new(self, path: Path) -> int:
         self.mutations += 1
         return super().open_new(path)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        self.in_place += 1
+        return super().pwrite(fd, data, offset)
 
 
 class FullDisk(FsOps):
@@ -414,7 +443,7 @@ def test_write_error_fails_and_keeps_the_old_pair(tree: Tree, err: int) -> None:
     if err == errno.ENOSPC:
         assert "MiB free" in result.reason and "needs" in result.reason
     assert booted_pair(tree.part) == (ident(OLD_K), ident(OLD_I))
-    assert len(list((tree.part / "ssi").iterdir())) == 2  # temp and new kernel cleaned up
+    assert len(files(tree.part)) == 2  # temp and new kernel cleaned up
     assert tree.sync().status is SyncStatus.UPDATED  # room again: it recovers
     assert booted_pair(tree.part) == (ident(NEW_K), ident(NEW_I))
 
@@ -460,10 +489,10 @@ class Recorder(FsOps):
 
     part: Path
     cut: int = -1
-    trace: list[tuple[str, str, bytes | str]] = field(default_factory=list)
+    trace: list[tuple[str, str, Any]] = field(default_factory=list)
     fds: dict[int, str] = field(default_factory=dict)
 
-    def _step(self, op: str, path: str, arg: bytes | str = b"") -> None:
+    def _step(self, op: str, path: str, arg: Any = b"") -> None:
         if len(self.trace) == self.cut:
             raise PowerCut(f"before {op} {path}")
         self.trace.append((op, path, arg))
@@ -505,6 +534,27 @@ class Recorder(FsOps):
         self._step("fsync_dir", self._rel(path))
         super().fsync_dir(path)
 
+    def link(self, src: Path, dst: Path) -> None:
+        self._step("link", self._rel(src), self._rel(dst))
+        super().link(src, dst)
+
+    def open_existing(self, path: Path) -> int:
+        fd = super().open_existing(path)  # opening changes nothing
+        self.fds[fd] = self._rel(path)
+        return fd
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        self._step("pwrite", self.fds[fd], (offset, bytes(data)))
+        return super().pwrite(fd, data, offset)
+
+    def fdatasync(self, fd: int) -> None:
+        self._step("fdatasync", self.fds[fd])
+        super().fdatasync(fd)
+
+    def checkpoint(self, path: Path) -> str:
+        self._step("checkpoint", self._rel(path))
+        return super().checkpoint(path)
+
 
 def _setup_old(tmp_path: Path, name: str, first: bool) -> Tree:
     base = tmp_path / name
@@ -545,14 +595,16 @@ def test_power_cut_before_every_step_leaves_a_bootable_pair(tmp_path: Path, firs
         # nothing, not even a cleanup).
         t.publish(kernel=OLD_K)
         assert t.sync().status is SyncStatus.UPDATED
-        assert len(list((t.part / "ssi").iterdir())) == 2
+        assert len(files(t.part)) == 2
         assert sorted(p.name for p in t.part.iterdir()) == ["extlinux.conf", "ssi"]
     assert seen == ({"none", "new"} if first else {"old", "new"})
 
 
 def referenced_files_intact(part: Path) -> set[str]:
-    """Every ssi/ file the config names exists and hashes to the hash in its name."""
-    names = engine._referenced((part / "extlinux.conf").read_bytes())
+    """The two files the config boots (as syslinux reads it) exist and hash to their names."""
+    entry, _odd = syslinux_entry((part / "extlinux.conf").read_text())
+    assert entry is not None
+    names = {entry.kernel.lstrip("/"), entry.initrd.lstrip("/")}
     assert len(names) == 2
     for name in names:
         assert hash_file(part / name).xxh3_128 == name.rsplit("-", 1)[1], f"{name} torn"
@@ -572,30 +624,32 @@ def test_power_cut_with_an_admin_edited_config_keeps_what_it_names(tmp_path: Pat
         is SyncStatus.UPDATED
     for cut in range(len(full.trace)):
         t = setup(f"cut{cut}")
-        old_names = engine._referenced((t.part / "extlinux.conf").read_bytes())
+        old_names = referenced_files_intact(t.part)
         with pytest.raises(PowerCut):
             t.sync(ops=Recorder(t.part, cut=cut))
+        # The edited config boots slot a: the new pair goes into slot b.
         assert referenced_files_intact(t.part) in (old_names, {
-            pair.member_name("kernel", ident(NEW_K).xxh3_128),
-            pair.member_name("initrd", ident(NEW_I).xxh3_128)})
+            pair.member_name("kernel", ident(NEW_K).xxh3_128, "b"),
+            pair.member_name("initrd", ident(NEW_I).xxh3_128, "b")})
 
 
 def test_members_renamed_before_a_cut_are_reused(tmp_path: Path) -> None:
     t = _setup_old(tmp_path, "reuse", False)
     write_manifest(t)
-    commit = next(i for i, step in enumerate(_full_trace(tmp_path)) if step[0] == "rename"
-                  and step[2] == "extlinux.conf")
+    commit = next(i for i, step in enumerate(_full_trace(tmp_path)) if step[0] == "pwrite"
+                  and step[1] == "extlinux.conf" and step[2][0] == 0)
     with pytest.raises(PowerCut):
         t.sync(ops=Recorder(t.part, cut=commit))
     assert booted_pair(t.part) == (ident(OLD_K), ident(OLD_I))
     counting = CountingOps()
     result = t.sync(ops=counting)
     assert result.status is SyncStatus.UPDATED and "config only" in result.reason
-    assert counting.mutations == 1  # the config's temp file, nothing else created
+    assert counting.mutations == 0  # nothing created: the pair was complete in its slot
+    assert counting.in_place == 2  # the config's free region, then its head
     assert booted_pair(t.part) == (ident(NEW_K), ident(NEW_I))
 
 
-def _full_trace(tmp_path: Path) -> list[tuple[str, str, bytes | str]]:
+def _full_trace(tmp_path: Path) -> list[tuple[str, str, Any]]:
     t = _setup_old(tmp_path, "trace", False)
     write_manifest(t)
     rec = Recorder(t.part)
@@ -603,22 +657,31 @@ def _full_trace(tmp_path: Path) -> list[tuple[str, str, bytes | str]]:
     return rec.trace
 
 
-def _durable_states(initial: dict[str, bytes], trace: list[tuple[str, str, bytes | str]],
-                    ) -> list[dict[str, bytes]]:
+def _on_disk(part: Path) -> tuple[dict[str, bytes], set[str]]:
+    """The partition's files (relative name: bytes) and its directories, for the model."""
+    return ({str(p.relative_to(part)): p.read_bytes() for p in part.rglob("*") if p.is_file()},
+            {str(p.relative_to(part)) for p in part.rglob("*") if p.is_dir()})
+
+
+def _durable_states(initial: tuple[dict[str, bytes], set[str]],
+                    trace: list[tuple[str, str, Any]]) -> list[dict[str, bytes]]:
     """Every state a disk may wake up in after a power cut at the end of `trace`.
 
-    Pessimistic rules: a file's data survives only up to its last fsync; the
-    name changes in a directory since its last fsync survive as any prefix of
-    them (each directory on its own, so across directories in any order).
+    Pessimistic rules, as Linux reads the disk (journal replayed): a file's
+    data survives only up to its last fsync or fdatasync; the name changes in
+    a directory since its last fsync survive as any prefix of them (each
+    directory on its own, so across directories in any order); a checkpoint
+    makes everything durable. (The bootloader's view, blocks at their home
+    locations, is enumerated for real by vm_tests/crashstates.py.)
     """
     durable_ns: dict[str, int] = {}
     live_ns: dict[str, int] = {}
     durable_data: dict[int, bytes] = {}
     live_data: dict[int, bytes] = {}
     pending: dict[str, list[tuple[str, str, str]]] = {}
-    dirs = {""}
+    dirs = {"", *initial[1]}
     next_id = itertools.count()
-    for name, data in initial.items():
+    for name, data in initial[0].items():
         obj = next(next_id)
         durable_ns[name] = live_ns[name] = obj
         durable_data[obj] = live_data[obj] = data
@@ -633,8 +696,21 @@ def _durable_states(initial: dict[str, bytes], trace: list[tuple[str, str, bytes
         elif op == "write":
             assert isinstance(arg, bytes)
             live_data[live_ns[path]] += arg
-        elif op == "fsync":
+        elif op in ("fsync", "fdatasync"):
             durable_data[live_ns[path]] = live_data[live_ns[path]]
+        elif op == "pwrite":
+            offset, data = arg
+            old = live_data[live_ns[path]]
+            live_data[live_ns[path]] = old[:offset] + data + old[offset + len(data):]
+        elif op == "link":
+            live_ns[arg] = live_ns[path]
+            pending.setdefault(str(Path(arg).parent) if "/" in arg else "", []).append(
+                ("link", arg, str(live_ns[path])))
+        elif op == "checkpoint":
+            for queue in pending.values():
+                durable_ns, dirs = _apply(durable_ns, dirs, queue)
+            pending.clear()
+            durable_data.update(live_data)
         elif op == "rename":
             assert isinstance(arg, str)
             live_ns[arg] = live_ns.pop(path)
@@ -689,8 +765,7 @@ def _boots(state: dict[str, bytes]) -> tuple[FileId, FileId] | None:
 def test_every_durable_state_after_a_power_cut_boots_old_or_new(tmp_path: Path,
                                                                 first: bool) -> None:
     t = _setup_old(tmp_path, "model", first)
-    initial = {str(p.relative_to(t.part)): p.read_bytes() for p in t.part.rglob("*")
-               if p.is_file()}
+    initial = _on_disk(t.part)
     rec = Recorder(t.part)
     assert t.sync(ops=rec).status is SyncStatus.UPDATED
     old, new = (ident(OLD_K), ident(OLD_I)), (ident(NEW_K), ident(NEW_I))
@@ -705,18 +780,26 @@ def test_every_durable_state_after_a_power_cut_boots_old_or_new(tmp_path: Path,
     assert checked > len(rec.trace)
 
 
-def test_the_model_catches_a_missing_fsync(tmp_path: Path) -> None:
-    """The model is not vacuous: dropping the fsync of the pair's directory breaks it."""
+@pytest.mark.parametrize(("dropped", "caught"), [
+    # Without the slot directory's fsync and the checkpoints, the head names files
+    # whose directory entries may be lost.
+    (lambda step: step[0] == "checkpoint" or step == ("fsync_dir", "ssi/b", b""), "lost"),
+    # Without the members' fsyncs and the checkpoints, the head names files whose
+    # data may be lost.
+    (lambda step: step[0] in ("checkpoint", "fsync"), "torn"),
+], ids=["no-slot-fsync", "no-data-fsync"])
+def test_the_model_catches_a_missing_fsync(tmp_path: Path, dropped: Callable[[Any], bool],
+                                           caught: str) -> None:
+    """The model is not vacuous: a protocol without these steps before the commit is caught."""
     t = _setup_old(tmp_path, "model", False)
-    initial = {str(p.relative_to(t.part)): p.read_bytes() for p in t.part.rglob("*")
-               if p.is_file()}
+    initial = _on_disk(t.part)
     rec = Recorder(t.part)
     assert t.sync(ops=rec).status is SyncStatus.UPDATED
-    commit = next(i for i, s in enumerate(rec.trace) if s[0] == "rename" and s[2] ==
-                  "extlinux.conf")
-    fsync_ssi = max(i for i, s in enumerate(rec.trace[:commit]) if s == ("fsync_dir", "ssi", b""))
-    broken = rec.trace[:fsync_ssi] + rec.trace[fsync_ssi + 1:]
-    with pytest.raises(AssertionError, match="lost"):
+    commit = next(i for i, s in enumerate(rec.trace) if s[0] == "pwrite" and s[1] ==
+                  "extlinux.conf" and s[2][0] == 0)
+    broken = [s for i, s in enumerate(rec.trace) if i >= commit or not dropped(s)]
+    assert len(broken) < len(rec.trace)
+    with pytest.raises(AssertionError, match=caught):
         for end in range(len(broken) + 1):
             for state in _durable_states(initial, broken[:end]):
                 _boots(state)
@@ -758,3 +841,105 @@ def test_extlinux_serial_follows_the_last_console() -> None:
         text = EXTLINUX.render(LocalPair(k, i, append)).decode()
         assert (want in text) if want else ("SERIAL" not in text)
         assert EXTLINUX.parse(text.encode()) == LocalPair(k, i, append)
+
+
+# ------------------------------------------------------------ the slot layout
+
+
+def test_an_update_rewrites_the_config_in_place_and_commits_in_one_sector(tree: Tree) -> None:
+    """The protocol as a bootloader needs it (docs/architecture.md, commit protocol)."""
+    assert tree.sync().status is SyncStatus.UPDATED
+    config = tree.part / "extlinux.conf"
+    before = config.stat()
+    live_a = set(files(tree.part))
+    tree.publish(NEW_K, NEW_I)
+    rec = Recorder(tree.part)
+    assert tree.sync(ops=rec).status is SyncStatus.UPDATED
+    after = config.stat()
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size) == \
+        (before.st_ino, EXTLINUX.size)
+    commit = [i for i, s in enumerate(rec.trace) if s[0] == "pwrite" and s[2][0] == 0]
+    assert len(commit) == 1 and len(rec.trace[commit[0]][2][1]) == 512  # one sector
+    c = commit[0]
+    steps = [s[0] for s in rec.trace]
+    # The free region written and synced, then everything checkpointed, then the head.
+    region = next(i for i, s in enumerate(rec.trace) if s[0] == "pwrite")
+    assert rec.trace[region][2][0] == EXTLINUX.offset("b")
+    assert steps[region + 1] == "fdatasync" and steps[c - 1] == "checkpoint"
+    assert steps[c + 1] == "fdatasync" and "checkpoint" in steps[c + 1:]
+    # Before the commit nothing a bootloader reads changes: not the live slot, not the
+    # config's directory entry, not the head or the live region.
+    for op, path, arg in rec.trace[:c]:
+        assert not path.startswith("ssi/a/") or op == "link", (op, path)
+        assert op not in ("create", "rename", "unlink") or path.startswith("ssi/b/"), (op, path)
+        if op == "pwrite":
+            assert arg[0] >= EXTLINUX.offset("b")
+    # After it, the old slot is emptied.
+    assert not any(f in files(tree.part) for f in live_a)
+    assert all(f.startswith("ssi/b/") for f in files(tree.part))
+    tree.publish(kernel=OLD_K)
+    assert tree.sync().status is SyncStatus.UPDATED
+    assert all(f.startswith("ssi/a/") for f in files(tree.part))  # and back
+
+
+def test_a_region_torn_at_any_sector_leaves_the_live_entry_as_it_was() -> None:
+    """What a power cut during step 3 can leave: the free region, part old, part new."""
+    def member(role: str, data: bytes, slot: str) -> pair.PairMember:
+        return pair.PairMember(pair.member_name(role, ident(data).xxh3_128, slot), ident(data))
+
+    live = LocalPair(member("kernel", OLD_K, "a"), member("initrd", OLD_I, "a"), APPEND)
+    before = bytearray(EXTLINUX.render(live, "a"))
+    start = EXTLINUX.offset("b")
+    stale = EXTLINUX.region("b", LocalPair(member("kernel", b"k" * 99, "b"),
+                                           member("initrd", b"i" * 7, "b"), "quiet"))
+    before[start:start + len(stale)] = stale
+    new = EXTLINUX.region("b", LocalPair(member("kernel", NEW_K, "b"), member("initrd", NEW_I, "b"),
+                                         "root=LABEL=x " + "y=" + "z" * 1900))
+    sectors = len(new) // 512
+    for mask in range(1, 1 << sectors):
+        mixed = bytearray(before)
+        for s in range(sectors):
+            if mask >> s & 1:
+                mixed[start + s * 512:start + (s + 1) * 512] = new[s * 512:(s + 1) * 512]
+        assert EXTLINUX.layout(bytes(mixed)) == pair.Layout("a", live), mask
+        entry, odd = syslinux_entry(bytes(mixed).decode())
+        assert odd == [] and entry is not None
+        assert (entry.kernel.lstrip("/"), entry.initrd.lstrip("/"), entry.append) == \
+            (live.kernel.name, live.initrd.name, APPEND)
+
+
+def test_a_partition_of_the_older_layout_is_migrated_reusing_its_files(tree: Tree) -> None:
+    from vm_tests.crashstates import legacy_config
+
+    (tree.part / "ssi").mkdir()
+    k, i = ident(OLD_K), ident(OLD_I)
+    (tree.part / f"ssi/vmlinuz-{k.xxh3_128}").write_bytes(OLD_K)
+    (tree.part / f"ssi/initrd-{i.xxh3_128}").write_bytes(OLD_I)
+    (tree.part / "extlinux.conf").write_bytes(
+        legacy_config(k.xxh3_128, i.xxh3_128, (k.size, i.size), APPEND))
+    rec = Recorder(tree.part)
+    result = tree.sync(ops=rec)
+    assert result.status is SyncStatus.UPDATED and "config only" in result.reason  # linked
+    assert booted_pair(tree.part) == (k, i)
+    assert files(tree.part) == sorted([f"ssi/a/vmlinuz-{k.xxh3_128}",
+                                       f"ssi/a/initrd-{i.xxh3_128}"])
+    # The new config was written in the spare slot, checkpointed, then renamed over the old.
+    rename = next(s for s in rec.trace if s[0] == "rename" and s[2] == "extlinux.conf")
+    assert rename[1].startswith("ssi/b/.extlinux.conf.")
+    steps = [s[0] for s in rec.trace]
+    assert steps[steps.index("rename", steps.index("link")) - 1] == "checkpoint"
+    assert tree.sync().status is SyncStatus.UNCHANGED
+
+
+def test_without_hard_links_an_unchanged_member_is_copied_from_the_live_slot(tree: Tree) -> None:
+    class Fat(FsOps):  # FAT: link(2) fails with EPERM
+        def link(self, src: Path, dst: Path) -> None:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    assert tree.sync(ops=Fat()).status is SyncStatus.UPDATED
+    tree.publish(kernel=NEW_K)
+    result = tree.sync(ops=Fat())
+    assert result.status is SyncStatus.UPDATED, result.reason
+    assert "wrote kernel" in result.reason and "initrd copied from ssi/a/" in result.reason
+    assert booted_pair(tree.part) == (ident(NEW_K), ident(OLD_I))
+    assert all(f.startswith("ssi/b/") for f in files(tree.part))

@@ -319,7 +319,7 @@ def test_spool_in_a_directory_others_may_write_is_refused(
 
 
 def test_installed_pair_hashes_the_files_the_config_names(tmp_path: Path) -> None:
-    (tmp_path / "ssi").mkdir()
+    (tmp_path / "ssi" / "a").mkdir(parents=True)  # slot a: where member_name puts a pair
     ids = {}
     for role, data in (("kernel", b"k" * 300), ("initrd", b"i" * 500)):
         probe = tmp_path / role
