@@ -30,11 +30,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,8 +46,7 @@ from mkinitrd_ssi.mkinitrd import main as mkinitrd  # noqa: E402
 from mkinitrd_ssi.run import run  # noqa: E402
 from vm_tests import cluster, images  # noqa: E402
 from vm_tests.kernel import Kernel, kernel  # noqa: E402
-from vm_tests.netns import Netns, Proc  # noqa: E402
-from vm_tests.pxe import PREFIX, RADVERT, SERVER_IP, PxeNet  # noqa: E402
+from vm_tests.pxe import PxeNet, Syslog, pxe_network  # noqa: E402
 from vm_tests.qemu import ENV_BEGIN, ENV_END, INIT_MARKER, Disk, Nic, Vm, VmConfig  # noqa: E402
 
 MAX_NODES = 8
@@ -110,69 +107,14 @@ def mac(i: int) -> str:
 # --- the servers -------------------------------------------------------------------------
 
 
-class Syslog:
-    """A syslog socket for tftpd: every datagram stamped with the host's monotonic clock."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        path.chmod(0o666)
-        self.sock.settimeout(0.2)
-        self.lines: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.lines.append((time.monotonic(), data.decode(errors="replace")))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-        self.path.unlink(missing_ok=True)
-
-
-TFTPD = r"""
-set -eu
-# A private /dev: tftpd-hpa logs only to syslog, and /dev/log here is the bench's socket.
-mount -t tmpfs -o size=64k,mode=755 tmpfs /dev
-mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5; mknod -m 666 /dev/urandom c 1 9
-ln -s "$SYSLOG" /dev/log
-exec ip netns exec "$NS" in.tftpd --foreground --verbose --user root \
-    --address "$ADDRESS" --secure "$TFTPBOOT"
-"""
-
-
 @contextlib.contextmanager
 def boot_network(work: Path, dhcpd_conf: Path, tftpboot: Path, router_adverts: bool = False
                  ) -> Iterator[tuple[PxeNet, Syslog]]:
     """vm_tests.pxe's network, but tftpd's syslog captured: leaving it kills the servers
     and deletes the namespace (with bridge and taps)."""
-    syslog = Syslog(work / "syslog.sock")
-    try:
-        with Netns(workdir=work) as ns:
-            bridge = ns.add_bridge(f"{SERVER_IP}/{PREFIX}")
-            net = PxeNet(ns, bridge, work, tftpboot, dhcpd_conf)
-            tftpboot.chmod(0o755)
-            net.start_dhcpd()
-            env = {**os.environ, "SYSLOG": str(syslog.path), "NS": ns.name,
-                   "ADDRESS": f"{SERVER_IP}:69", "TFTPBOOT": str(tftpboot)}
-            ns.procs.append(Proc(["unshare", "--mount", "--propagation", "private", "sh",
-                                  "-c", TFTPD], work / "tftpd.log", env=env))
-            if router_adverts:
-                ns.popen([sys.executable, "-c", RADVERT, bridge], log=work / "radvert.log")
-            yield net, syslog
-    finally:
-        syslog.close()
+    with Syslog(work / "syslog.sock") as syslog, \
+            pxe_network(work, dhcpd_conf, tftpboot, router_adverts, syslog) as net:
+        yield net, syslog
 
 
 # --- one round ---------------------------------------------------------------------------

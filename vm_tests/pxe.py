@@ -11,9 +11,13 @@ even when a test fails.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import socket
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,18 +78,19 @@ class PxeNet:
         self.start_dhcpd()
 
 
-def admin_tree(root: Path, kernel: Path, ramdisk: Path, cmdline: str) -> Path:
-    """The admin's tree: ssitab, dhcpd.proto, default pair; dhcpd.conf and tftpboot made by
-    the real commands (mkdhcpd.ssi, lilo.ssi --cmdline CMDLINE --no-push)."""
+def admin_tree(root: Path, kernel: Path, ramdisk: Path, cmdline: str,
+               table: str = cluster.SSITAB, lilo_args: Sequence[str] = ()) -> Path:
+    """The admin's tree: ssitab (table), dhcpd.proto, default pair; dhcpd.conf and tftpboot
+    made by the real commands (mkdhcpd.ssi, lilo.ssi --cmdline CMDLINE --no-push LILO_ARGS)."""
     (root / "etc").mkdir(parents=True)
     (root / "boot").mkdir()
-    (root / "etc/ssitab").write_text(cluster.SSITAB)
+    (root / "etc/ssitab").write_text(table)
     shutil.copyfile(REPO / "examples/dhcpd.proto", root / "etc/dhcpd.proto")
     shutil.copyfile(kernel, root / "boot/vmlinuz")
     shutil.copyfile(ramdisk, root / "boot/initrd-ssi.img")
     if mkdhcpd(["--root", str(root)]) != 0:
         raise RuntimeError(f"mkdhcpd.ssi failed on {root}")
-    if lilo(["--root", str(root), "--cmdline", cmdline, "--no-push"]) != 0:
+    if lilo(["--root", str(root), "--cmdline", cmdline, "--no-push", *lilo_args]) != 0:
         raise RuntimeError(f"lilo.ssi failed on {root}")
     return root
 
@@ -112,16 +117,81 @@ while True:
 """
 
 
+class Syslog:
+    """A syslog socket for tftpd: every datagram stamped with the host's monotonic clock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        path.chmod(0o666)
+        self.sock.settimeout(0.2)
+        self.lines: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.lines.append((time.monotonic(), data.decode(errors="replace")))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Syslog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+TFTPD_SYSLOG = r"""
+set -eu
+# A private /dev: tftpd-hpa logs only to syslog, and /dev/log here is the caller's socket.
+mount -t tmpfs -o size=64k,mode=755 tmpfs /dev
+mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/zero c 1 5; mknod -m 666 /dev/urandom c 1 9
+ln -s "$SYSLOG" /dev/log
+exec ip netns exec "$NS" in.tftpd --foreground --verbose --user root \
+    --address "$ADDRESS" --secure "$TFTPBOOT"
+"""
+
+
+def start_tftpd(ns: Netns, ip: str, tftpboot: Path, log: Path,
+                syslog: Syslog | None = None) -> Proc:
+    """tftpd-hpa on ip:69 in ns, serving tftpboot. It logs only to syslog: with a Syslog,
+    it runs in a private mount namespace whose /dev/log is that socket (its RRQ lines
+    land in syslog.lines); without, its log is lost."""
+    argv = ["in.tftpd", "--foreground", "--verbose", "--user", "root", "--address",
+            f"{ip}:69", "--secure", str(tftpboot)]
+    if syslog is None:
+        return ns.popen(argv, log=log)
+    env = {**os.environ, "SYSLOG": str(syslog.path), "NS": ns.name,
+           "ADDRESS": f"{ip}:69", "TFTPBOOT": str(tftpboot)}
+    proc = Proc(["unshare", "--mount", "--propagation", "private", "sh", "-c", TFTPD_SYSLOG],
+                log, env=env)
+    ns.procs.append(proc)  # stopped with the namespace
+    return proc
+
+
 @contextlib.contextmanager
 def pxe_network(workdir: Path, dhcpd_conf: Path, tftpboot: Path,
-                router_adverts: bool = True) -> Iterator[PxeNet]:
+                router_adverts: bool = True, syslog: Syslog | None = None) -> Iterator[PxeNet]:
+    """The boot network; with syslog, tftpd's RRQ lines are captured there."""
     with Netns(workdir=workdir) as ns:
         bridge = ns.add_bridge(f"{SERVER_IP}/{PREFIX}")
         net = PxeNet(ns, bridge, workdir, tftpboot, dhcpd_conf)
         tftpboot.chmod(0o755)
         net.start_dhcpd()
-        ns.popen(["in.tftpd", "--foreground", "--verbose", "--user", "root", "--address",
-                  f"{SERVER_IP}:69", "--secure", str(tftpboot)], log=workdir / "tftpd.log")
+        start_tftpd(ns, SERVER_IP, tftpboot, workdir / "tftpd.log", syslog)
         if router_adverts:
             ns.popen([sys.executable, "-c", RADVERT, bridge], log=workdir / "radvert.log")
         yield net
