@@ -6,7 +6,7 @@ Layout:
     tftpboot/pxelinux.cfg/default                  PXELINUX config -> the same set
     tftpboot/pxelinux.0, ldlinux.c32               PXELINUX itself (Debian's)
     tftpboot/grub/grub.cfg                         GRUB config (UEFI) -> the same set
-    tftpboot/shimx64.efi, grubx64.efi              UEFI: shim, Debian's signed network GRUB
+    tftpboot/shimx64.efi, grubx64.efi, mmx64.efi   UEFI: shim, signed network GRUB, MokManager
 
 UEFI clients fetch shimx64.efi (DHCP picks it by client architecture, so its
 name never changes); shim fetches grubx64.efi from the same directory and
@@ -49,11 +49,14 @@ PXELINUX_FILES = {
 GRUB_CFG = "grub/grub.cfg"  # where Debian's grubnetx64 looks: its prefix is (tftp)/grub
 EFI_BOOT_FILE = "shimx64.efi"  # what DHCP hands UEFI x86-64 clients
 # target in tftpboot: (path in its Debian package, the package). Found under ROOT
-# first, then on this host. shim loads grubx64.efi from the directory it came from.
+# first, then on this host. shim loads grubx64.efi from the directory it came from,
+# and MokManager (mmx64.efi) from there when a key waits to be enrolled (mokutil
+# --import: a custom kernel's signing key).
 EFI_FILES = {
     EFI_BOOT_FILE: ("/usr/lib/shim/shimx64.efi.signed", "shim-signed"),
     "grubx64.efi": ("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
                     "grub-efi-amd64-signed"),
+    "mmx64.efi": ("/usr/lib/shim/mmx64.efi.signed", "shim-signed"),
 }
 
 
