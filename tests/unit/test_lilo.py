@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,9 @@ def test_local_only_syncs_then_finds_it_unchanged(
     assert not (tree / "part/extlinux.conf").exists()
     assert main(local) == 0
     assert capsys.readouterr().out.startswith(f"{tree / 'part'}: updated (wrote kernel")
-    assert f"APPEND {CMDLINE}\n" in (tree / "part/extlinux.conf").read_text()
+    # The local config right-aligns the arguments after APPEND (a fixed-size file).
+    assert re.search(rf"\n  APPEND +{re.escape(CMDLINE)}\n",
+                     (tree / "part/extlinux.conf").read_text())
     before = snapshot(tree / "part")
     assert main([*local, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
@@ -240,3 +243,23 @@ def test_missing_efi_packages_warn_and_publish_for_bios(
     tftp = tree / "tftpboot"
     assert (tftp / "ssi.ipxe").is_file() and (tftp / "pxelinux.cfg/default").is_file()
     assert not (tftp / "shimx64.efi").exists() and not (tftp / "grubx64.efi").exists()
+
+
+def test_local_only_makes_an_esp_bootable_from_roots_packages(
+        tree: Path, local: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # An ESP (it has EFI/): the agent's code, so shim and GRUB come from ROOT.
+    for path, data in (("usr/lib/shim/shimx64.efi.signed", b"shim"),
+                       ("usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed", b"grub")):
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_bytes(data)
+    (tree / "part/EFI").mkdir()
+    assert main(local) == 0
+    out = capsys.readouterr().out
+    assert "updated" in out and "installed EFI/BOOT/grubx64.efi, EFI/BOOT/BOOTX64.EFI" in out
+    assert (tree / "part/EFI/BOOT/BOOTX64.EFI").read_bytes() == b"shim"
+    assert b"menuentry ssi-" in (tree / "part/EFI/BOOT/grub.cfg").read_bytes()
+    assert not (tree / "part/extlinux.conf").exists()
+    assert main([*local, "--hashes"]) == 0
+    assert json.loads(capsys.readouterr().out)["pair"]["append"] == CMDLINE
+    assert main(local) == 0
+    assert "unchanged" in capsys.readouterr().out
