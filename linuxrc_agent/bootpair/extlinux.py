@@ -88,8 +88,11 @@ class Extlinux:
 
     def head(self, slot: str, append: str) -> bytes:
         serial = _serial_directive(append)
+        # No escape to the boot: prompt, no options added to the label: a console
+        # user cannot boot the node with init=/bin/sh unless the cluster allows it.
+        lock = cmdline.syslinux_lock(cmdline.tokenize(append))
         return _pad(f"{_HEADER}# ssi-slot {slot}\n" + (serial + "\n" if serial else "")
-                    + f"DEFAULT ssi-{slot}\nPROMPT 0\nTIMEOUT 0\n", HEAD)
+                    + f"DEFAULT ssi-{slot}\nPROMPT 0\nTIMEOUT 0\n{lock}", HEAD)
 
     def region(self, slot: str, pair: LocalPair | None) -> bytes:
         p = pair if pair is not None else _placeholder(slot)

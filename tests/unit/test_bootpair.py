@@ -943,3 +943,12 @@ def test_without_hard_links_an_unchanged_member_is_copied_from_the_live_slot(tre
     assert "wrote kernel" in result.reason and "initrd copied from ssi/a/" in result.reason
     assert booted_pair(tree.part) == (ident(NEW_K), ident(OLD_I))
     assert all(f.startswith("ssi/b/") for f in files(tree.part))
+
+
+def test_local_config_locks_the_prompt_unless_the_cluster_allows_editing() -> None:
+    from linuxrc_agent.bootpair.extlinux import EXTLINUX
+
+    locked = EXTLINUX.head("a", "root=LABEL=r console=ttyS0")
+    assert b"NOESCAPE 1\nALLOWOPTIONS 0\n" in locked and len(locked) == EXTLINUX.head_size
+    editable = EXTLINUX.head("a", "root=LABEL=r ssi.loader_edit")
+    assert b"NOESCAPE" not in editable and b"ALLOWOPTIONS" not in editable
