@@ -415,7 +415,7 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
     # a few hundred milliseconds of boot under emulation, for nothing.
     from pathlib import Path
 
-    from linuxrc_agent.bootpair import engine, kargs
+    from linuxrc_agent.bootpair import esp, kargs
 
     c = boot.cmdline
     # The shared root itself, not a node's view of it: under the overlay that is the
@@ -431,9 +431,10 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
             def writable() -> None:
                 mount(dev, BOOT_MNT, fstype, MS_REMOUNT, None)
 
-            result = engine.sync_boot_dir(Path(BOOT_MNT), kernel, initrd, append,
-                                          root=Path(shared), before_write=writable,
-                                          progress=_sync_step)
+            # An ESP (UEFI) or an extlinux partition: the same commit, its own config.
+            result = esp.sync_boot_partition(Path(BOOT_MNT), kernel, initrd, append,
+                                             root=Path(shared), uefi=firmware.kind() == "uefi",
+                                             before_write=writable, progress=_sync_step)
     except OSError as e:
         return "failed", f"{dev}: {e.strerror}"
     if result.status is nodeenv.SyncStatus.FAILED:

@@ -131,12 +131,15 @@ def _provision_arguments(group: argparse._ArgumentGroup) -> None:
                        help="make DEVICE ready for local boot, then stop: a whole disk or a "
                        "disk image file gets a new dos table with one active partition and "
                        "Syslinux's mbr.bin; an existing partition gets the filesystem only (and "
-                       "mbr.bin where its disk's boot code is blank); extlinux either way")
+                       "mbr.bin where its disk's boot code is blank); extlinux either way (--fs "
+                       "esp: no mbr.bin, EFI System Partition type)")
     group.add_argument("--force", action="store_true",
                        help="overwrite a DEVICE that holds a filesystem, a partition table or "
                        "data (a device in use is refused all the same)")
-    group.add_argument("--fs", choices=("ext4", "vfat"), default="ext4",
-                       help="filesystem of the boot partition (default: ext4)")
+    group.add_argument("--fs", choices=("ext4", "vfat", "esp"), default="ext4",
+                       help="filesystem of the boot partition (default: ext4); esp: an EFI "
+                       "System Partition (FAT, type ef) for UEFI, into which the first sync "
+                       "installs shim and GRUB")
     group.add_argument("--label", metavar="LABEL",
                        help="its label (default: this node's LABEL= bootdev in ssitab, else "
                        "ssiboot)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from linuxrc_agent.bootpair.esp import LOADERS as ESP_LOADERS
 from mkinitrd_ssi.run import run
 from vm_tests.qemu import CMDLINE_MARKER, ENV_BEGIN, ENV_END, INIT_MARKER
 
@@ -39,6 +40,12 @@ def shared_root_tree(
     for name in ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "boot", "etc"):
         (tree / name).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, tree / "bin" / "busybox")
+    # shim and signed GRUB at Debian's paths, as a shared root with shim-signed and
+    # grub-efi-amd64-signed holds them: the agent installs them into an empty ESP.
+    for _target, path, _required in ESP_LOADERS:
+        if Path(path).is_file():
+            (tree / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tree / path.lstrip("/"))
     (tree / "bin" / "sh").unlink(missing_ok=True)
     (tree / "bin" / "sh").symlink_to("busybox")
     if init is not None:

@@ -34,9 +34,17 @@ class Disk:
     interface: str = "virtio"
     fmt: str = "raw"
     extra: str = ""  # e.g. ",readonly=on" or a blkdebug spec
+    bootindex: int | None = None  # UEFI: OVMF boots this disk first (it follows bootindex)
 
     def arg(self) -> str:
         return f"file={self.path},format={self.fmt},if={self.interface}{self.extra}"
+
+    def argv(self, n: int) -> list[str]:
+        """QEMU's options for this disk, the n-th of its machine."""
+        if self.bootindex is None:
+            return ["-drive", self.arg()]
+        return ["-drive", f"file={self.path},format={self.fmt},if=none,id=disk{n}{self.extra}",
+                "-device", f"virtio-blk-pci,drive=disk{n},bootindex={self.bootindex}"]
 
 
 OVMF_DIR = Path("/usr/share/OVMF")  # Debian's ovmf
@@ -97,8 +105,8 @@ class VmConfig:
             argv += ["-append", self.append]
         if self.uefi is not None:
             argv += self.uefi.argv()
-        for disk in self.disks:
-            argv += ["-drive", disk.arg()]
+        for n, disk in enumerate(self.disks):
+            argv += disk.argv(n)
         if not self.nics:
             argv += ["-nic", "none"]
         for i, nic in enumerate(self.nics):

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from linuxrc_agent.bootpair.esp import LOADERS as ESP_LOADERS
 from linuxrc_agent.cmdline import tokenize
+from mkinitrd_ssi.lilo import main as lilo
 from mkinitrd_ssi.netboot.publish import EFI_FILES
+from mkinitrd_ssi.run import run
 from vm_tests import cluster
 from vm_tests.kernel import Kernel
 from vm_tests.pxe import PxeNet, admin_tree, serving
-from vm_tests.qemu import ENV_END, OVMF_DIR, Disk, Uefi, Vm
+from vm_tests.qemu import ENV_END, OVMF_DIR, Disk, Nic, Uefi, Vm, VmConfig
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespace, taps"),
@@ -123,3 +126,79 @@ def test_secure_boot_node_joins_and_a_tampered_kernel_is_refused(
     # shim checked GRUB, GRUB had shim check the kernel: the changed byte stops the boot.
     assert REFUSED in refused, refused[-3000:]
     assert "Linux version" not in refused
+
+
+# -- local boot from an EFI System Partition
+
+
+def empty_esp(path: Path, *, provisioned: bool) -> Path:
+    """A 64 MiB disk with one EFI System Partition and nothing in it: made by
+    lilo.ssi --provision --fs esp (LABEL=ssiboot, EFI/BOOT made), or bare (type ef,
+    mkfs.vfat, not a file in it: the agent tells it is an ESP by the firmware)."""
+    if provisioned:
+        assert lilo(["--provision", str(path), "--size", "64", "--fs", "esp",
+                     "--label", cluster.BOOT_LABEL]) == 0
+    else:
+        path.write_bytes(b"")
+        os.truncate(path, 64 << 20)
+        run(["sfdisk", "--quiet", str(path)], input=b"label: dos\nstart=2048, type=ef\n")
+        run(["mkfs.vfat", "--offset", "2048", str(path), str((64 - 1) << 10)], capture=True)
+    return path
+
+
+def esp_file(disk: Path, name: str, out: Path) -> bytes:
+    """A file of the disk's ESP, read with mtools (no mount)."""
+    run(["mcopy", "-o", "-i", f"{disk}@@1M", f"::/{name}", str(out)],
+        env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    return out.read_bytes()
+
+
+def test_uefi_nodes_fill_an_empty_esp_then_boot_from_it_alone(
+        net: PxeNet, root_images: dict[str, Path], tmp_path: Path) -> None:
+    # Node 2 (LABEL=ssiboot): a provisioned ESP, Secure Boot off. Node 4 (/dev/vdb1): a
+    # bare ESP, Secure Boot on. Both PXE-boot at once, sync, then boot from their disk.
+    disks = {"2": empty_esp(tmp_path / "n2-esp.img", provisioned=True),
+             "4": empty_esp(tmp_path / "n4-esp.img", provisioned=False)}
+    macs, secure = {"2": cluster.MAC_N2, "4": cluster.MAC_N4}, {"2": False, "4": True}
+
+    def machine(node: str, boot: str) -> Vm:
+        # The shared root is vda, the ESP vdb; from disk: OVMF starts with the ESP.
+        uefi = Uefi.fresh(tmp_path / f"n{node}-{boot}-vars.fd", secure_boot=secure[node])
+        esp = Disk(disks[node], bootindex=1 if boot == "disk" else None)
+        if boot == "pxe":
+            return net.node(macs[node], tmp_path / f"n{node}-pxe.log",
+                            [shared_root(root_images), esp], uefi=uefi)
+        # Both disks on devices of their own, in order, so that they keep their names.
+        root = Disk(root_images["plain"], extra=",snapshot=on", bootindex=2)
+        config = VmConfig(nics=[Nic(macs[node], netdev=net.netdev())], netns=net.ns,
+                          disks=[root, esp], uefi=uefi)
+        return Vm(config, tmp_path / f"n{node}-disk.log")
+
+    envs: dict[str, dict[str, dict[str, str]]] = {}
+    consoles: dict[str, dict[str, str]] = {}
+    for boot in ("pxe", "disk"):
+        vms = {node: machine(node, boot) for node in disks}
+        try:
+            joined = joined_after(vms)
+            envs[boot] = {node: vm.node_env() for node, vm in vms.items()}
+            consoles[boot] = {node: vm.output() for node, vm in vms.items()}
+        finally:
+            for vm in vms.values():
+                vm.kill()
+        print(f"\n{boot}: power-on to joined " + ", ".join(
+            f"node {n} {joined[n]:.1f} s" for n in sorted(joined)))
+    for node in disks:
+        pxe, disk = envs["pxe"][node], envs["disk"][node]
+        assert (pxe["SSI_NODE"], pxe["SSI_SYNC"], pxe["SSI_FIRMWARE"]) == (node, "updated",
+                                                                            "uefi"), pxe
+        assert (disk["SSI_NODE"], disk["SSI_SYNC"]) == (node, "unchanged"), disk
+        want = "1" if secure[node] else "0"
+        assert pxe["SSI_SECURE_BOOT"] == disk["SSI_SECURE_BOOT"] == want
+        # From the ESP alone: no network boot at all, shim and GRUB from the disk.
+        console = consoles["disk"][node]
+        assert "Start PXE" not in console and "UEFI Misc Device" in console, console[:2000]
+        assert "Booting `ssi-" in console
+        # shim and GRUB on the ESP are the shared root's, byte for byte.
+        for name, path, required in ESP_LOADERS:
+            if required:
+                assert esp_file(disks[node], name, tmp_path / "x") == Path(path).read_bytes()

@@ -2,6 +2,8 @@
 
     engine.py    sync_boot_dir: the bootloader-agnostic commit engine
     extlinux.py  the extlinux config writer/parser (one module per bootloader)
+    esp.py       UEFI: an ESP's grub.cfg (extlinux's layout), shim and GRUB installed,
+                 sync_boot_partition (the one entry point: extlinux or ESP)
     manifest.py  the pair's manifest (JSON): the one reader and writer
     fileops.py   FsOps (the fault-injection seam), O_NOATIME reads, hashing
     kargs.py     the kernel arguments a local entry persists

@@ -72,6 +72,7 @@ def _placeholder(slot: str) -> LocalPair:
 class Extlinux:
     name = BootloaderKind.EXTLINUX.value
     head_size = HEAD
+    region_size = REGION
     size = HEAD + len(SLOTS) * REGION
     # extlinux 6.04 reads <install dir>/extlinux.conf first, then /boot/syslinux,
     # /syslinux, /; the install dir is wherever ldlinux.sys was put.
@@ -84,7 +85,7 @@ class Extlinux:
         return boot_dir / "extlinux.conf"
 
     def offset(self, slot: str) -> int:
-        return HEAD + SLOTS.index(slot) * REGION
+        return self.head_size + SLOTS.index(slot) * self.region_size
 
     def head(self, slot: str, append: str) -> bytes:
         serial = _serial_directive(append)
@@ -112,11 +113,12 @@ class Extlinux:
             return None
         for slot in SLOTS:
             start = self.offset(slot)
-            ok, pair = self._region(slot, data[start:start + REGION])
-            if not ok or data[:HEAD] != self.head(slot, pair.append if pair else ""):
+            ok, pair = self._region(slot, data[start:start + self.region_size])
+            if not ok or data[:self.head_size] != self.head(slot, pair.append if pair else ""):
                 continue
             spare = self.offset(other(slot))
-            if _shape(data[spare:spare + REGION]) != _shape(self.region(other(slot), None)):
+            if _shape(data[spare:spare + self.region_size]) != \
+                    _shape(self.region(other(slot), None)):
                 return None  # edited between the lines: not ours
             return Layout(slot, pair)
         return None
@@ -131,7 +133,8 @@ class Extlinux:
             lines = data.decode().split("\n")
         except UnicodeDecodeError:
             return False, None
-        if len(lines) < 6:
+        append = self._recorded_append(lines)
+        if append is None:
             return False, None
         members = []
         for role, line in zip(ROLES, lines, strict=False):
@@ -142,7 +145,7 @@ class Extlinux:
             if not size.isdigit() or not is_digest(digest):
                 return False, None
             members.append(PairMember(words[3], FileId(int(size), digest)))
-        pair = LocalPair(members[0], members[1], lines[5][len(_APPEND):].lstrip(" "))
+        pair = LocalPair(members[0], members[1], append)
         if self.region(slot, pair) != data:
             return False, None
         if pair == _placeholder(slot):
@@ -151,6 +154,10 @@ class Extlinux:
                for r in ROLES):
             return False, None
         return True, pair
+
+    def _recorded_append(self, lines: list[str]) -> str | None:
+        """The kernel arguments a region's lines record (None: not a region's lines)."""
+        return lines[5][len(_APPEND):].lstrip(" ") if len(lines) >= 6 else None
 
 
 def _shape(region: bytes) -> list[tuple[int, bytes]]:

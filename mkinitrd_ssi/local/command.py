@@ -67,7 +67,7 @@ def _sync(args: LocalOptions, boot: Path, kernel: Path, initrd: Path,
             return _report(args, str(boot), "unchanged")
         return _report(args, str(boot), "stale", "would update (dry run)")
     log.info("syncing %s from %s + %s with: %s", boot, kernel, initrd, cmdline)
-    result = local_only(boot, kernel, initrd, cmdline)
+    result = local_only(boot, kernel, initrd, cmdline, loader_root=args.root.path)
     return _report(args, str(boot), result.status.value, result.reason)
 
 

@@ -11,8 +11,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from linuxrc_agent import mac_match
-from linuxrc_agent.bootpair.extlinux import EXTLINUX
+from linuxrc_agent import firmware, mac_match
+from linuxrc_agent.bootpair.esp import bootloader_for
 from linuxrc_agent.bootpair.fileops import hash_file
 from linuxrc_agent.bootpair.pair import Bootloader
 from linuxrc_agent.ssitab import BootDev, Node, Ssitab
@@ -40,9 +40,12 @@ def find_bootdev(bootdev: BootDev) -> Path | None:
     return blockdev.find(bootdev)
 
 
-def installed_pair(boot_dir: Path, bootloader: Bootloader = EXTLINUX) -> Pair | None:
+def installed_pair(boot_dir: Path, bootloader: Bootloader | None = None) -> Pair | None:
     """The pair boot_dir would boot, hashed from the files themselves (not the
-    config's record), so a damaged local copy reads as stale; None if none."""
+    config's record), so a damaged local copy reads as stale; None if none.
+    bootloader: whose config to read (default: an ESP's GRUB, else extlinux)."""
+    if bootloader is None:
+        bootloader = bootloader_for(boot_dir, firmware.kind() == "uefi")
     try:
         data = bootloader.config_path(boot_dir).read_bytes()
     except FileNotFoundError:

@@ -25,7 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from linuxrc_agent.bootpair.engine import SyncResult, sync_boot_dir
+from linuxrc_agent import firmware
+from linuxrc_agent.bootpair.engine import SyncResult
+from linuxrc_agent.bootpair.esp import sync_boot_partition
 from linuxrc_agent.bootpair.fileops import hash_file
 from linuxrc_agent.bootpair.kargs import local_append
 from linuxrc_agent.bootpair.manifest import MANIFEST_NAME, Manifest, ManifestEntry
@@ -37,8 +39,10 @@ from mkinitrd_ssi.run import log, run
 MBR_BIN = ("/usr/lib/EXTLINUX/mbr.bin", "/usr/lib/syslinux/mbr/mbr.bin")
 SECTOR = 512
 START_SECTOR = 2048  # 1 MiB: the alignment every partitioning tool uses today
-# MBR partition types: Linux, and FAT32 with LBA (what firmware expects of FAT).
-PART_TYPES = {"ext4": "83", "vfat": "c"}
+# MBR partition types: Linux, FAT32 with LBA (what firmware expects of FAT), and
+# the EFI System Partition (FAT too; UEFI firmware boots from it, no MBR code needed).
+PART_TYPES = {"ext4": "83", "vfat": "c", "esp": "ef"}
+ESP_GPT_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 FILESYSTEMS = tuple(PART_TYPES)
 # syslinux 6.03+ reads ext4's 64bit feature (checked with Debian's 6.04 under
 # QEMU), older ones do not; a boot partition never needs 64-bit block numbers.
@@ -46,13 +50,15 @@ EXT4_FEATURES = "^64bit"
 
 
 def local_only(boot_dir: Path, kernel: Path, initrd: Path, append: str,
-               *, root: Path | None = None) -> SyncResult:
-    """Sync a mounted boot partition with kernel + initrd, exactly as the agent does at boot.
+               *, root: Path | None = None, loader_root: Path | None = None) -> SyncResult:
+    """Sync a mounted boot partition with kernel + initrd, exactly as the agent does at boot
+    (an ESP too: shim and GRUB from loader_root, the shared root, default /).
 
     append goes through local_append like the agent's /proc/cmdline, so the
     config lilo.ssi writes is the one the next boot finds unchanged.
     """
-    return sync_boot_dir(boot_dir, kernel, initrd, local_append(append), root=root)
+    return sync_boot_partition(boot_dir, kernel, initrd, local_append(append), root=root,
+                               uefi=firmware.kind() == "uefi", loader_root=loader_root)
 
 
 def manifest_for(kernel: Path, initrd: Path, manifest: Path | None = None) -> Manifest:
@@ -123,19 +129,28 @@ def provision(
     run(["sfdisk", "--quiet", "--wipe", "always", str(target)],
         input=f"label: dos\nstart={START_SECTOR}, type={PART_TYPES[fs]}, bootable\n".encode(),
         capture=True)
-    _write_at(target, [(0, boot_code())])
+    if fs != "esp":
+        _write_at(target, [(0, boot_code())])
     start = START_SECTOR * SECTOR
     partition = None
-    if fs == "vfat" and not is_block and (os.geteuid() != 0 or not _kernel_has("vfat")):
+    if fs in ("vfat", "esp") and not is_block and (os.geteuid() != 0
+                                                   or not _kernel_has("vfat")):
         # Without root (no loop devices), or on a host without the vfat module,
         # a FAT image cannot be mounted; mtools and syslinux work on the
         # unmounted image instead.
         _mkfs_vfat_offset(target, label, size)
-        run(["syslinux", "--install", "--offset", str(start), str(target)], capture=True)
+        if fs == "esp":
+            _esp_dirs(f"{target}@@{start}")
+        else:
+            run(["syslinux", "--install", "--offset", str(start), str(target)], capture=True)
         how = "mtools"
     else:
         with attach(target) as (part, how):
-            _mkfs_extlinux(part, fs, label, ext4_features)
+            if fs == "esp":
+                _mkfs(part, fs, label, ext4_features)
+                _esp_dirs(str(part))
+            else:
+                _mkfs_extlinux(part, fs, label, ext4_features)
             partition = part if is_block else None
     log.info("provisioned %s: %s %s at %d MiB, %d MiB, via %s", target, fs, label, start >> 20,
              size >> 20, how)
@@ -181,7 +196,8 @@ def _write_at(target: Path, pieces: list[tuple[int, bytes]]) -> None:
 
 @dataclass(frozen=True)
 class DiskBoot:
-    """What the BIOS needs on a partition's disk to reach extlinux on it."""
+    """What the BIOS needs on a partition's disk to reach extlinux on it (or, for an
+    EFI System Partition, UEFI: the partition's type, nothing else)."""
 
     disk: Path
     number: int  # the partition's, as the kernel numbers it
@@ -189,6 +205,7 @@ class DiskBoot:
     write_mbr: bool  # a dos disk whose boot code is all zero: mbr.bin goes there
     activate: bool  # a dos primary partition that is not yet the one active partition
     was_active: tuple[int, ...]  # partitions that lose their active flag
+    esp: bool = False  # give the partition the ESP type instead of the above
 
     def steps(self, dry_run: bool = False) -> list[str]:
         """What apply() does or leaves, one line each, for the admin to read."""
@@ -196,6 +213,13 @@ class DiskBoot:
             return f"would {now}" if dry_run else then
 
         disk, n = self.disk, self.number
+        if self.esp:
+            what = {"dos": "type ef", "gpt": f"type {ESP_GPT_TYPE}"}.get(self.table)
+            if what is None:
+                return [f"{disk}: no partition table the agent reads: partition {n}'s type "
+                        "left as it is (UEFI firmware boots an EFI System Partition)"]
+            return [f"{disk}: {verb('give', 'gave')} partition {n} {what}, the EFI System "
+                    "Partition's; boot code and flags left as they are (UEFI reads neither)"]
         if self.table != "dos":
             what = "a GPT disk" if self.table == "gpt" else "no partition table the agent reads"
             return [f"{disk}: {what}: boot code and partition flags left as they are (BIOS "
@@ -217,6 +241,14 @@ class DiskBoot:
         return lines
 
     def apply(self) -> None:
+        if self.esp:
+            kind = {"dos": PART_TYPES["esp"], "gpt": ESP_GPT_TYPE}.get(self.table)
+            if kind is not None:
+                # The kernel needs no news of a type: telling it would re-read the table of
+                # a disk in use (and drop partitions partx declared).
+                run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "--part-type",
+                     str(self.disk), str(self.number), kind], capture=True)
+            return
         pieces = [(0, boot_code())] if self.write_mbr else []
         if self.activate:
             pieces += [(446 + 16 * (i - 1), b"\x80" if i == self.number else b"\0")
@@ -236,7 +268,7 @@ def partition_of(part: Path) -> tuple[Path, int, int]:
     return Path("/dev") / sysdir.resolve().parent.name, number, start
 
 
-def disk_boot_plan(part: Path) -> DiskBoot:
+def disk_boot_plan(part: Path, esp: bool = False) -> DiskBoot:
     disk, number, _start = partition_of(part)
     table = partition_table(str(disk))
     kind = table.kind if table is not None else ""
@@ -245,6 +277,9 @@ def disk_boot_plan(part: Path) -> DiskBoot:
     flags = [head[446 + 16 * i] for i in range(4)]
     was_active = tuple(i + 1 for i, flag in enumerate(flags) if flag == 0x80 and i + 1 != number)
     primary = kind == "dos" and number <= 4
+    if esp:
+        return DiskBoot(disk, number, kind, write_mbr=False, activate=False, was_active=(),
+                        esp=True)
     return DiskBoot(disk, number, kind, write_mbr=kind == "dos" and not any(head[:440]),
                     activate=primary and (flags[number - 1] != 0x80 or bool(was_active)),
                     was_active=was_active if primary else ())
@@ -259,8 +294,12 @@ def provision_partition(part: Path, *, fs: str = "ext4", label: str = "ssiboot",
         raise SsiError(f"unknown filesystem {fs!r}", hint=f"use one of {', '.join(FILESYSTEMS)}")
     _disk, _number, start = partition_of(part)
     size = _checked_size(part, size_of(part))
-    plan = disk_boot_plan(part)
-    if fs == "vfat":
+    plan = disk_boot_plan(part, esp=fs == "esp")
+    if fs == "esp":
+        run(["mkfs.vfat", "-n", _fat_label(label), "-h", str(start), str(part)], capture=True)
+        _esp_dirs(str(part))
+        how = "mtools"
+    elif fs == "vfat":
         # The boot sector must say where the partition starts (hidden sectors):
         # ldlinux.sys is found by absolute sector. mtools installs it unmounted,
         # so no vfat module is needed here.
@@ -281,6 +320,13 @@ def _mkfs(part: Path, fs: str, label: str, ext4_features: str) -> None:
         run(["mkfs.ext4", "-q", "-F", *features, "-L", label, str(part)], capture=True)
     else:
         run(["mkfs.vfat", "-n", _fat_label(label), str(part)], capture=True)
+
+
+def _esp_dirs(image: str) -> None:
+    """EFI/BOOT on an unmounted FAT filesystem (image[@@offset]): it marks the partition
+    as an ESP for the sync (bootpair.esp.is_esp), whichever firmware runs it."""
+    run(["mmd", "-i", image, "::/EFI", "::/EFI/BOOT"], capture=True,
+        env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
 
 
 def _mkfs_vfat_offset(image: Path, label: str, size: int) -> None:

@@ -7,7 +7,8 @@ what the BIOS needs: localsync.provision_partition). A device in use is
 never written; one that holds a filesystem, a partition table or any data
 is overwritten only with --force. The partition is left empty but for
 extlinux: the agent's first sync (at boot, or `lilo.ssi --local-only`)
-fills it.
+fills it. `--fs esp` makes an EFI System Partition instead (type ef, FAT,
+EFI/BOOT): the first sync installs shim and GRUB into it (bootpair.esp).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def label_problem(label: str, fs: str) -> str | None:
     if parse_bootdev(f"LABEL={label}") is None:
         return (f"--label {label!r}: ssitab's bootdev could not name it (no blanks, quotes, "
                 f"backslashes or control characters)")
-    if fs == "vfat" and (len(label) > 11 or not label.isascii()
+    if fs in ("vfat", "esp") and (len(label) > 11 or not label.isascii()
                          or any(c in _FAT_FORBIDDEN for c in label)):
         return (f"--label {label!r}: a FAT label is at most 11 ASCII characters, none of "
                 f"{''.join(sorted(_FAT_FORBIDDEN))}")
@@ -130,22 +131,33 @@ def _refuse_or_warn(args: ProvisionOptions, target: Path) -> None:
                 "it would be destroyed" if args.dry_run else "destroying it")
 
 
+def _loader(fs: str) -> tuple[str, str]:
+    """(what provisioning puts on the partition, what a message says it did)."""
+    if fs == "esp":
+        return ("make EFI/BOOT on it (the first sync installs shim and GRUB)",
+                "EFI/BOOT made, shim and GRUB at the first sync")
+    return "install extlinux on it", "extlinux installed"
+
+
 def _plan(args: ProvisionOptions, target: Path, kind: str, label: str) -> list[str]:
     """What run() would do, one line each (the dry run's output)."""
-    fs = f"{args.fs} LABEL={label}"
+    fs = f"{'vfat (EFI System Partition)' if args.fs == 'esp' else args.fs} LABEL={label}"
+    loader = _loader(args.fs)[0]
     if kind == "partition":
         size = human_size(size_of(target))
-        return [f"would make {fs} on {target} ({size}) and install extlinux on it",
-                *disk_boot_plan(target).steps(dry_run=True)]
+        return [f"would make {fs} on {target} ({size}) and {loader}",
+                *disk_boot_plan(target, esp=args.fs == "esp").steps(dry_run=True)]
     # _kind() calls it a new image only when --size was given.
     disk_bytes = (args.size or 0) << 20 if kind == "new image" else size_of(target)
     lines = [f"would create {target}, a sparse {args.size} MiB disk image"] \
         if kind == "new image" else []
     size = human_size(partition_bytes(target, disk_bytes))
+    boot = "type ef (EFI System Partition)" if args.fs == "esp" else \
+        "active; Syslinux's mbr.bin as boot code"
     return [*lines,
             f"would write a new dos partition table to {target}: partition 1 from "
-            f"{START_SECTOR * SECTOR >> 20} MiB, {size}, active; Syslinux's mbr.bin as boot code",
-            f"would make {fs} on partition 1 and install extlinux on it"]
+            f"{START_SECTOR * SECTOR >> 20} MiB, {size}, {boot}",
+            f"would make {fs} on partition 1 and {loader}"]
 
 
 def _fs_line(fs: Filesystem | None, fallback: str) -> str:
@@ -187,7 +199,7 @@ def _done(args: ProvisionOptions, kind: str, label: str, node: Node | None) -> N
     fs = probe(str(part)) if part is not None else probe(str(target), done.start)
     what = str(target) if kind == "partition" else _whole(done)
     print(f"provisioned {what}: {_fs_line(fs, f'{args.fs} LABEL={label}')}, "
-          f"{human_size(done.size)}, extlinux installed; "
+          f"{human_size(done.size)}, {_loader(args.fs)[1]}; "
           + (NEXT_HERE if part is not None else NEXT_IMAGE))
     note = _bootdev_note(node, part, fs) if part is not None else None
     if note is not None:
@@ -195,7 +207,8 @@ def _done(args: ProvisionOptions, kind: str, label: str, node: Node | None) -> N
 
 
 def _whole(done: Provisioned) -> str:
-    new = "new dos table, Syslinux's mbr.bin"
+    new = "new dos table, EFI System Partition" if done.fs == "esp" else \
+        "new dos table, Syslinux's mbr.bin"
     if done.partition is None:
         return f"partition 1 of {done.target} ({new})"
     return f"{done.partition} (partition 1 of {done.target}, {new})"

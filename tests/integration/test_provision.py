@@ -238,3 +238,33 @@ def test_dry_run_changes_nothing(two_partitions: Path, loop: tuple[Path, Path],
     assert "holds a dos partition table (partition 1: no filesystem, 48.0 MiB; partition 2: " \
         "ext4 LABEL=data, 47.0 MiB): it would be destroyed (--force)" in err
     assert digest(two_partitions) == before
+
+
+def test_provision_an_esp(
+        tmp_path: Path, two_partitions: Path, loop: tuple[Path, Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A whole image: type ef, FAT, EFI/BOOT; no mbr.bin (UEFI reads none).
+    image = tmp_path / "esp.img"
+    assert main(["--provision", str(image), "--size", "64", "--fs", "esp"]) == 0
+    out = capsys.readouterr().out
+    assert f"provisioned partition 1 of {image} (new dos table, EFI System Partition): vfat " \
+        "LABEL=SSIBOOT UUID=" in out and "EFI/BOOT made, shim and GRUB at the first sync" in out
+    assert not any(image.read_bytes()[:440])
+    assert "type=ef" in subprocess.run(["sfdisk", "-d", str(image)], capture_output=True,
+                                       text=True, check=True).stdout
+    listing = subprocess.run(["mdir", "-i", f"{image}@@1M", "::/EFI"], capture_output=True,
+                             text=True, check=True, env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    assert "BOOT" in listing.stdout
+    # An existing partition: its type becomes ef, the rest of the disk stays.
+    disk, part = loop
+    other = second_partition(two_partitions)
+    assert main(["--provision", str(part), "--fs", "esp", "--label", "n4esp"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"{disk}: gave partition 1 type ef, the EFI System Partition's; boot "
+                        "code and flags left as they are (UEFI reads neither)")
+    assert "type=ef" in subprocess.run(["sfdisk", "-d", str(disk)], capture_output=True,
+                                       text=True, check=True).stdout.splitlines()[-2]
+    assert "BOOT" in subprocess.run(["mdir", "-i", str(part), "::/EFI"], capture_output=True,
+                                    text=True, check=True,
+                                    env=dict(os.environ, MTOOLS_SKIP_CHECK="1")).stdout
+    assert second_partition(two_partitions) == other
