@@ -403,10 +403,16 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
     found = partitions.wait_for(spec, BOOTDEV_WAIT, boot.scanner, _rescanner(boot))
     if found is None or found.fs is None:
         what = f"{spec} not found" if found is None else f"{found.dev.path} has no filesystem"
-        for line in (f"{what}: this node has the local boot flag but no boot partition.",
-                     "  to create one: fdisk a partition (type 83, bootable), mkfs.ext4 -O "
-                     f"^64bit{' -L ' + spec.value if spec.kind.value == 'LABEL' else ''} on it,",
-                     "  extlinux --install on it mounted; reboot: the agent fills it in."):
+        label = f" -L {spec.value}" if spec.kind.value == "LABEL" else ""
+        if firmware.kind() == "uefi":  # an EFI System Partition: shim and GRUB come at the sync
+            how = ("  to create one: fdisk a partition (type ef, EFI System), mkfs.vfat -n "
+                   f"{spec.value.upper() if label else 'SSIBOOT'} on it;",
+                   "  reboot: the agent installs shim and GRUB and fills it in.")
+        else:
+            how = ("  to create one: fdisk a partition (type 83, bootable), mkfs.ext4 -O "
+                   f"^64bit{label} on it,",
+                   "  extlinux --install on it mounted; reboot: the agent fills it in.")
+        for line in (f"{what}: this node has the local boot flag but no boot partition.", *how):
             console.say(line)
         return "no-boot-partition", what
     fstype = found.fs.fstype
