@@ -282,3 +282,44 @@ def test_read_order(tmp_path: Path) -> None:
     f.write_text("/lib/modules/k/a.ko\n\n# comment\n/lib/modules/k/b.ko\n")
     assert read_order(str(f)) == ["/lib/modules/k/a.ko", "/lib/modules/k/b.ko"]
     assert read_order(str(tmp_path / "none")) == []
+
+
+def test_parallel_loading_waits_for_dependencies_and_overlaps_the_rest(
+        ramdisk: Ramdisk, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def slow_load(path: str, params: str = "") -> int:
+        name = module_name(path)
+        with lock:
+            events.append(("start", name))
+        time.sleep(0.05)
+        with lock:
+            events.append(("end", name))
+        return errno.ENODEV if name == "e1000e" else 0
+
+    monkeypatch.setattr(modules, "load_file", slow_load)
+    loader = ramdisk.loader(parallel=True)
+    names = loader.closure(["virtio_blk", "virtio_net", "fs-vfat", "e1000e"])
+    new = loader.load(names)
+    # Reported in the builder's order, whatever order they finished in.
+    assert new == [n for n in names if n != "e1000e"]
+    assert loader.report.loaded == new and loader.report.absent == ["e1000e"]
+    at = {(kind, name): i for i, (kind, name) in enumerate(events)}
+    for module, deps in {"virtio": ["virtio_ring"], "virtio_blk": ["virtio", "virtio_ring"],
+                         "virtio_net": ["virtio", "virtio_ring"], "vfat": ["fat"]}.items():
+        assert all(at["end", d] < at["start", module] for d in deps), (module, events)
+    # Independent modules ran side by side: virtio_blk and virtio_net, fat and virtio_ring.
+    assert at["start", "virtio_net"] < at["end", "virtio_blk"]
+    assert at["start", "fat"] < at["end", "virtio_ring"]
+
+
+def test_parallel_loading_falls_back_to_order_without_metadata(
+        ramdisk: Ramdisk, tmp_path: Path) -> None:
+    (tmp_path / "lib" / "virtio.ko").write_bytes(b"not an ELF file")
+    loader = ramdisk.loader(parallel=True)
+    loader.load(["virtio_ring", "virtio", "virtio_blk"])
+    assert ramdisk.names() == ["virtio_ring", "virtio", "virtio_blk"]
