@@ -1,4 +1,4 @@
-"""Power cuts during a local boot partition's sync, and what the host finds afterwards.
+"""Power cuts during a local boot partition's sync, and what the host and the bootloader find.
 
 Shared by vm_tests/test_power_cut.py (the suite's cuts) and bench/bench_powercut.py
 (`make powercut`, 200 cuts). One cut is one trial:
@@ -8,17 +8,21 @@ Shared by vm_tests/test_power_cut.py (the suite's cuts) and bench/bench_powercut
     is the real kernel and a large (64 MiB) ramdisk, with its manifest;
  2. once the console shows that the ROOT stage is over (`stage root:`: SYNC has
     begun), wait a random delay, then SIGKILL QEMU: no clean shutdown, no flush;
- 3. from the host, on a copy of the image: e2fsck -fn of the partition is clean,
-    or clean after the journal alone is replayed (e2fsck -E journal_only); and
-    extlinux.conf names a complete pair whose files' sizes and xxh3_128 match what
-    it records, and that pair is the old one or the new one, never a mix. The same
-    check runs on the partition mounted with `noload` (no journal replay), which is
-    what extlinux itself reads when the machine boots from its disk;
+ 3. from the host, on a copy of the image, two readers: the bootloader's (no
+    journal replay: debugfs -c on the unrecovered partition, the config read as
+    syslinux reads it, the two files it names hashed: vm_tests/crashstates.py)
+    and Linux's (e2fsck -fn clean, or clean after the journal alone is replayed;
+    extlinux.conf names a complete pair whose files match what it records). Each
+    must find the old pair or the new one, never a mix or nothing;
  4. boot the cut image again: the node syncs (or finds it unchanged) and joins;
-    then the partition holds exactly the new pair and fscks clean.
+    then the partition holds exactly the new pair and fscks clean. A share of
+    these boots go through the real bootloader (SeaBIOS, the MBR, extlinux: no
+    -kernel), which then loads the pair the cut left, old or new, and both boot.
 
-A trial is "torn" when any check of 3 or 4 fails. The random delays are the one
-place where the tests sleep on purpose; every instant and the seed are logged.
+A trial is "torn" when any check of 3 or 4 fails. Each cut is also placed by the
+agent's own account (ssi.debug prints the sync's phases): during the copy, during
+the commit, or after it. The random delays are the one place where the tests sleep
+on purpose; every instant and the seed are logged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import random
 import re
+import shutil
 import statistics
 import threading
 import time
@@ -35,23 +40,35 @@ from pathlib import Path
 
 from linuxrc_agent.bootpair.extlinux import EXTLINUX
 from linuxrc_agent.bootpair.fileops import hash_file
+from linuxrc_agent.bootpair.kargs import local_append
 from linuxrc_agent.bootpair.pair import SSI_DIR
 from mkinitrd_ssi.initrd.cpio import Entry, write_newc
 from mkinitrd_ssi.local.partition import attach, local_only, mounted, provision, publish_manifest
 from mkinitrd_ssi.run import run
-from vm_tests import cluster, images
+from vm_tests import cluster, crashstates, images
 from vm_tests.kernel import Kernel
-from vm_tests.qemu import Disk, Nic, Vm, VmConfig, console_args
+from vm_tests.qemu import BootTimeout, Disk, Nic, Vm, VmConfig, console_args
 
 SYNC_START = r"linuxrc: .*stage root: "  # ssi.debug: the ROOT stage is done, SYNC runs
 SYNC_END = r"linuxrc: .*sync: "
 DISK_MIB = 128
 INITRD_MIB = 64
 STRETCH = 1.25  # delays reach a little past the estimated sync, see run_cuts
+LOADER_SHARE = 0.5  # of the boots after a cut, how many go through extlinux
+# The agent's debug lines (linuxrc_agent.main._sync_step) that open each phase.
+PHASES = (("copy", "bootpair: copy"), ("commit", "bootpair: commit"),
+          ("after", "bootpair: committed"))
 
 
 def root_args(*extra: str) -> str:
     return " ".join([f"root=LABEL={cluster.ROOT_LABEL}", *extra])
+
+
+# The kernel arguments both pairs boot with: the trials' -kernel boots' (ssi.debug
+# tells the sync's phases), persisted with the stale pair too, so that a boot through
+# extlinux has them as well and whichever pair it loads persists the same.
+BOOT_ARGS = console_args([root_args("ssi.debug")])
+OLD_APPEND = NEW_APPEND = local_append(BOOT_ARGS)
 
 
 @dataclass(frozen=True)
@@ -102,18 +119,25 @@ def make_setup(work: Path, kernel: Path, ramdisk: Path, *,
     publish_manifest(tree / "boot" / "vmlinuz", tree / "boot" / "initrd.img")
     shared = images.ext4_image(work / "root.img", tree, size_mb=initrd_mib + 64,
                                label=cluster.ROOT_LABEL, uuid=cluster.ROOT_UUID)
-    old = old_pair(work, kernel)
+    old = old_pair(work, kernel, ramdisk)
     disk = stale_disk(work / "stale.img", *old)
     return Setup(kernel, ramdisk, shared, disk, Pair.of(*old),
                  Pair.of(tree / "boot" / "vmlinuz", tree / "boot" / "initrd.img"))
 
 
-def old_pair(work: Path, kernel: Path) -> tuple[Path, Path]:
-    """An older pair: another kernel (the real one with a tail) and a small ramdisk, so
-    that both members differ from the shared root's and a mixed pair would show."""
+def old_pair(work: Path, kernel: Path, ramdisk: Path | None = None) -> tuple[Path, Path]:
+    """An older pair: another kernel (the real one with a tail) and another ramdisk, so
+    that both members differ from the shared root's and a mixed pair would show.
+
+    With ramdisk, the older ramdisk is the real one with other padding (8 MiB): the
+    pair boots, so a cut disk that still holds it can be booted through extlinux.
+    """
     old_kernel, old_initrd = work / "old-vmlinuz", work / "old-initrd.img"
     old_kernel.write_bytes(kernel.read_bytes() + b"\0an older kernel\n" * 256)
-    old_initrd.write_bytes(b"an older ramdisk\n" * 4096)
+    if ramdisk is None:
+        old_initrd.write_bytes(b"an older ramdisk\n" * 4096)
+    else:
+        big_initrd(ramdisk, old_initrd, 8, seed=11)
     return old_kernel, old_initrd
 
 
@@ -122,7 +146,7 @@ def stale_disk(disk: Path, kernel: Path, initrd: Path) -> Path:
     disk.unlink(missing_ok=True)
     provision(disk, size_mib=DISK_MIB, label=cluster.BOOT_LABEL)
     with attach(disk) as (part, _), mounted(part) as mnt:
-        result = local_only(mnt, kernel, initrd, console_args([root_args()]))
+        result = local_only(mnt, kernel, initrd, BOOT_ARGS)
         assert result.status.value == "updated", result
     return disk
 
@@ -153,11 +177,16 @@ _STOPPING = threading.Event()  # set by kill_all: no VM starts after it
 
 
 @contextlib.contextmanager
-def node2_vm(setup: Setup, disk: Path, log: Path) -> Iterator[Vm]:
-    config = VmConfig(kernel=setup.kernel, initrd=setup.ramdisk,
-                      append=console_args([root_args("ssi.debug")]),
-                      disks=[Disk(setup.shared_root, extra=",snapshot=on"), Disk(disk)],
-                      nics=[Nic(cluster.MAC_N2)])
+def node2_vm(setup: Setup, disk: Path, log: Path, *, loader: bool = False) -> Iterator[Vm]:
+    """Node 2 against the shared root; loader: booted from its disk by SeaBIOS and
+    extlinux (the pair and arguments the disk holds), not -kernel."""
+    if loader:
+        config = VmConfig(disks=[Disk(disk), Disk(setup.shared_root, extra=",snapshot=on")],
+                          nics=[Nic(cluster.MAC_N2)], extra=["-boot", "c"])
+    else:
+        config = VmConfig(kernel=setup.kernel, initrd=setup.ramdisk, append=BOOT_ARGS,
+                          disks=[Disk(setup.shared_root, extra=",snapshot=on"), Disk(disk)],
+                          nics=[Nic(cluster.MAC_N2)])
     with _LIVE_LOCK:
         if _STOPPING.is_set():
             raise RuntimeError("the run is being stopped")
@@ -241,7 +270,7 @@ def read_view(mnt: Path, setup: Setup) -> View:
 class Inspection:
     fsck: str  # clean, journal (clean once the journal is replayed), or broken
     linux: View  # mounted normally: the journal replayed, as the agent sees it
-    loader: View  # mounted with noload: the on-disk blocks, as extlinux sees them
+    loader: View  # the blocks as they lie, read as extlinux reads them (no replay)
     raw_fsck: str  # e2fsck -fn before any journal replay (of what extlinux reads)
     notes: list[str] = field(default_factory=list)
 
@@ -249,7 +278,17 @@ class Inspection:
     def problems(self) -> list[str]:
         out = [f"fsck: {n}" for n in self.notes] if self.fsck == "broken" else []
         out += [f"replayed: {p}" for p in self.linux.problems]
+        out += [f"bootloader: {p}" for p in self.loader.problems]
         return out
+
+
+def loader_view(part: Path, setup: Setup, scratch: Path) -> View:
+    """The partition as extlinux reads it: its blocks as they lie, no journal replayed."""
+    want = crashstates.Expected((setup.old.kernel, setup.old.initrd),
+                                (setup.new.kernel, setup.new.initrd), OLD_APPEND, NEW_APPEND)
+    scratch.mkdir(parents=True, exist_ok=True)
+    seen = crashstates.view_of(crashstates.Reader("ext4", part, 0, scratch), want)
+    return View(pair=seen.pair, problems=seen.problems)
 
 
 def _e2fsck(part: Path, *args: str) -> tuple[int, str]:
@@ -266,8 +305,7 @@ def inspect(image: Path, setup: Setup, scratch: Path) -> Inspection:
             needs_replay = "needs_recovery" in features
             rc, out = _e2fsck(part, "-fn")  # with a journal to replay: of the blocks as they are
             raw = "clean" if rc == 0 else f"errors (e2fsck -fn exit {rc})"
-            with mounted(part, "ro,noload") as mnt:
-                loader = read_view(mnt, setup)
+            loader = loader_view(part, setup, scratch.with_suffix(".d"))
             notes: list[str] = []
             if needs_replay:
                 _e2fsck(part, "-E", "journal_only", "-y")
@@ -280,6 +318,7 @@ def inspect(image: Path, setup: Setup, scratch: Path) -> Inspection:
         return Inspection(fsck, linux, loader, raw, notes)
     finally:
         copy.unlink(missing_ok=True)
+        shutil.rmtree(scratch.with_suffix(".d"), ignore_errors=True)
 
 
 def _tail(text: str, lines: int = 8) -> str:
@@ -296,12 +335,14 @@ class Cut:
     fraction: float = 0.0  # the seeded draw: delay = fraction * window
     window: float = 0.0  # the sync duration estimated when the trial began
     after_sync: bool = False  # the agent had already printed its sync line
+    at: str = ""  # the sync's phase at the cut, by the agent's own account: copy, commit, after
     fsck: str = ""
     pair: str = ""  # what extlinux.conf names, journal replayed
     loader_pair: str = ""  # what it names without the journal (extlinux's own view)
     loader_fsck: str = ""  # e2fsck -fn before the journal is replayed
     phase: str = ""
     recovery: str = ""  # SSI_SYNC of the boot after the cut
+    loader_boot: str = ""  # that boot through extlinux: the pair it loaded (old, new); "": -kernel
     problems: list[str] = field(default_factory=list)
     loader_problems: list[str] = field(default_factory=list)
     sync_seconds: float | None = None  # the recovery boot's sync, SYNC begin to its line
@@ -314,10 +355,11 @@ class Cut:
     def line(self) -> str:
         where = "after sync line" if self.after_sync else "during sync"
         text = (f"cut {self.index:3d}: +{self.delay:6.3f} s = {self.fraction:.2f} x "
-                f"{self.window:.2f} s ({where}); fsck {self.fsck}; "
+                f"{self.window:.2f} s ({where}, {self.at or '?'}); fsck {self.fsck}; "
                 f"pair {self.pair}, phase {self.phase}; bootloader view (no replay): pair "
-                f"{self.loader_pair}, fsck {self.loader_fsck}; "
-                f"next boot {self.recovery}")
+                f"{self.loader_pair}, fsck {self.loader_fsck}; next boot {self.recovery}"
+                + (f" through extlinux, which loaded the {self.loader_boot} pair"
+                   if self.loader_boot else ""))
         if self.loader_problems:
             text += "; bootloader view: " + "; ".join(self.loader_problems)
         if self.problems:
@@ -372,7 +414,19 @@ class Window:
             self.samples = [*self.samples, seconds][-self.keep:]
 
 
-def run_cut(setup: Setup, work: Path, index: int, fraction: float, window: Window) -> Cut:
+def phase_at(console: str) -> str:
+    """Where the sync was when the console stopped: copy (from its start: checking what
+    the disk holds, copying), commit (the config written in place, checkpointed) or after."""
+    seen = "copy"
+    for phase, marker in PHASES:
+        if marker in console:
+            seen = phase
+    return seen
+
+
+def run_cut(setup: Setup, work: Path, index: int, fraction: float, window: Window,
+            loader: bool = False) -> Cut:
+    """One trial; loader: the boot after the cut goes through SeaBIOS and extlinux."""
     span = window.current()
     delay = fraction * span
     cut = Cut(index, delay, fraction, span)
@@ -382,17 +436,30 @@ def run_cut(setup: Setup, work: Path, index: int, fraction: float, window: Windo
             vm.wait_for(SYNC_START, 240)
             time.sleep(delay)  # the deliberate random instant
             vm.kill()  # SIGKILL to QEMU's process group: the power cut
-            cut.after_sync = re.search(SYNC_END, vm.output()) is not None
+            console = vm.output()
+            cut.after_sync = re.search(SYNC_END, console) is not None
+            cut.at = "after" if cut.after_sync else phase_at(console)
         found = inspect(disk, setup, work / f"cut{index}.check.img")
         cut.fsck, cut.pair, cut.phase = found.fsck, found.linux.pair, found.linux.phase
         cut.loader_pair, cut.loader_fsck = found.loader.pair, found.raw_fsck
         cut.loader_problems = found.loader.problems
         cut.problems += found.problems
         # The next boot: it finishes (or finds finished) the sync, and joins.
-        with node2_vm(setup, disk, work / f"cut{index}.again.log") as vm:
+        with node2_vm(setup, disk, work / f"cut{index}.again.log", loader=loader) as vm:
             with contextlib.suppress(AssertionError):
                 cut.sync_seconds = timed_sync(vm)
-            env = vm.node_env(240)
+            try:
+                env = vm.node_env(240)
+            except BootTimeout as e:
+                if not loader:
+                    raise
+                # extlinux could not load a pair: the very tear this boot is for.
+                cut.problems.append("extlinux did not boot the disk: " + _tail(str(e), 6))
+                return cut
+            if loader:
+                cut.loader_boot = _loaded(vm.output(), env)
+                if cut.loader_boot not in ("old", "new"):
+                    cut.problems.append(f"through extlinux: {cut.loader_boot}")
         cut.recovery = env.get("SSI_SYNC", "?")
         if cut.recovery == "updated" and cut.phase in ("untouched", "copying", "renamed") \
                 and cut.sync_seconds is not None:
@@ -401,32 +468,49 @@ def run_cut(setup: Setup, work: Path, index: int, fraction: float, window: Windo
             cut.problems.append(f"next boot: node {env.get('SSI_NODE')}, SSI_SYNC "
                                 f"{cut.recovery}")
         after = inspect(disk, setup, work / f"cut{index}.check.img")
-        if after.fsck != "clean" or after.linux.pair != "new" or after.linux.files \
-                or after.linux.problems:
+        # An unchanged boot writes nothing: the old slot a cut left after the commit
+        # stays until the next update empties it.
+        debris = after.linux.files if cut.recovery == "updated" else []
+        if after.fsck != "clean" or after.linux.pair != "new" or debris \
+                or after.linux.problems or after.loader.problems:
             cut.problems.append(f"after the next boot: fsck {after.fsck}, pair "
-                                f"{after.linux.pair}, leftovers {after.linux.files}, "
-                                f"{after.linux.problems}")
+                                f"{after.linux.pair}, leftovers {debris}, "
+                                f"{after.linux.problems + after.loader.problems}")
     except Exception as e:  # a harness failure is reported as such, not as a pass
         cut.error = f"{type(e).__name__}: {str(e)[-2000:]}"
-    if not cut.torn and not cut.error:
-        disk.unlink(missing_ok=True)  # a torn one stays beside its console logs
+    finally:
+        if not cut.torn and not cut.error:
+            disk.unlink(missing_ok=True)  # a torn one stays beside its console logs
     return cut
 
 
+def _loaded(console: str, env: dict[str, str]) -> str:
+    """Which pair extlinux loaded, from what the agent then did with the disk."""
+    if "SYSLINUX" not in console and "EXTLINUX" not in console:
+        return "no sign of extlinux on the console"
+    # The old pair boots an agent that syncs the new one; the new pair finds it so.
+    return {"updated": "old", "unchanged": "new"}.get(env.get("SSI_SYNC", ""),
+                                                       f"SSI_SYNC={env.get('SSI_SYNC')}")
+
+
 def run_cuts(setup: Setup, work: Path, count: int, seed: int, window: float, *,
-             workers: int = 2, report: Callable[[Cut], None] = print) -> list[Cut]:
+             workers: int = 2, loader_share: float = LOADER_SHARE,
+             report: Callable[[Cut], None] = print) -> list[Cut]:
     """count trials, `workers` at a time (each trial runs its two boots in turn).
 
     Each delay is a seeded fraction, uniform in [0, STRETCH), of the current sync
     duration (see Window; `window` is the calibrated one). The stretch past 1 makes
     sure the end of the sync (commit, removal of the old pair, unmount) is hit too.
+    A seeded loader_share of the boots after a cut go through extlinux.
     """
     rng = random.Random(seed)
     fractions = [rng.uniform(0.0, STRETCH) for _ in range(count)]
+    draws = random.Random(seed + 1)
+    loaders = [draws.random() < loader_share for _ in range(count)]
     estimate = Window(window)
     results: list[Cut] = []
     lock = threading.Lock()
-    todo = iter(enumerate(fractions, 1))
+    todo = iter(zip(range(1, count + 1), fractions, loaders, strict=True))
     stop = threading.Event()
     _STOPPING.clear()
 
@@ -436,7 +520,8 @@ def run_cuts(setup: Setup, work: Path, count: int, seed: int, window: float, *,
                 item = None if stop.is_set() else next(todo, None)
             if item is None:
                 return
-            cut = run_cut(setup, work, *item, estimate)
+            index, fraction, loader = item
+            cut = run_cut(setup, work, index, fraction, estimate, loader)
             with lock:
                 results.append(cut)
                 report(cut)
@@ -459,12 +544,18 @@ def run_cuts(setup: Setup, work: Path, count: int, seed: int, window: float, *,
 def summary(cuts: list[Cut]) -> dict[str, dict[str, int]]:
     """Counts of each outcome, for the report."""
     out: dict[str, dict[str, int]] = {}
-    for key in ("fsck", "pair", "phase", "loader_pair", "loader_fsck", "recovery"):
+    for key in ("at", "fsck", "pair", "phase", "loader_pair", "loader_fsck", "recovery",
+                "loader_boot"):
         counts: dict[str, int] = {}
         for cut in cuts:
-            value = getattr(cut, key) or "?"
+            value = getattr(cut, key) or ("-kernel" if key == "loader_boot" else "?")
             counts[value] = counts.get(value, 0) + 1
         out[key] = dict(sorted(counts.items()))
     out["window"] = {"during sync": sum(not c.after_sync for c in cuts),
                      "after sync line": sum(c.after_sync for c in cuts)}
+    out["torn by phase"] = {phase: sum(c.torn for c in cuts if c.at == phase)
+                            for phase, _marker in PHASES}
+    out["torn"] = {"any view": sum(c.torn for c in cuts),
+                   "bootloader view": sum(bool(c.loader_problems) for c in cuts),
+                   "through extlinux": sum(c.torn for c in cuts if c.loader_boot)}
     return out

@@ -317,6 +317,10 @@ class _Sync:
                           f"({got.size} bytes xxh3_128 {got.xxh3_128}, wrote {expect.size} "
                           f"bytes {expect.xxh3_128})", str(path))
 
+    def checkpoint(self) -> None:
+        how = self.ops.checkpoint(self.boot_dir)
+        self.progress(f"checkpointed ({how})")
+
     def overwrite(self, offset: int, data: bytes) -> None:
         """data over the config's bytes at offset, in place (same length, no new block), durable."""
         fd = self.ops.open_existing(self.config)
@@ -340,14 +344,10 @@ class _Sync:
     def install(self, old: bytes | None, pair: LocalPair, slot: str) -> None:
         """The first sync of a partition without the layout: a whole new config (see above)."""
         new = self.loader.render(pair, slot)
-
-        def checkpoint() -> None:
-            # The slot's files and the new config at their home location before
-            # any directory entry names the config.
-            self.ops.checkpoint(self.boot_dir)
-
+        # before_rename: the slot's files and the new config at their home location
+        # before any directory entry names the config.
         if old is None:
-            atomic.replace(self.config, new, ops=self.ops, before_rename=checkpoint)
+            atomic.replace(self.config, new, ops=self.ops, before_rename=self.checkpoint)
         else:
             # The temp file in the spare slot, whose directory names nothing that boots;
             # the old config held open, so that its blocks are not freed before the
@@ -355,8 +355,8 @@ class _Sync:
             held = open_read(self.config)
             try:
                 atomic.replace(self.config, new, ops=self.ops, tmp_dir=self.ssi_dir / other(slot),
-                               before_rename=checkpoint)
-                self.ops.checkpoint(self.boot_dir)
+                               before_rename=self.checkpoint)
+                self.checkpoint()
             finally:
                 os.close(held)
 
@@ -425,7 +425,7 @@ class _Sync:
         self.progress(f"commit slot {slot}")
         if layout is not None:
             self.overwrite(self.loader.offset(slot), self.loader.region(slot, pair))
-            self.ops.checkpoint(self.boot_dir)
+            self.checkpoint()
             self.overwrite(0, self.loader.head(slot, self.append))  # the commit
         else:
             self.install(data, pair, slot)
@@ -436,7 +436,7 @@ class _Sync:
                 self.clean(self.ssi_dir / live, done)
             else:
                 self.clean_debris(done)  # an older layout's pair, directly in ssi/
-            self.ops.checkpoint(self.boot_dir)
+            self.checkpoint()
         except OSError as e:
             self.notes.append(f"old pair not removed ({_describe(e)}); the next sync will")
         if written:
