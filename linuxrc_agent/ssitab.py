@@ -17,11 +17,11 @@ from __future__ import annotations
 import enum
 import gc
 import re
+from _socket import inet_aton, inet_ntoa  # not socket.py: start-up cost, issue 14
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
-from socket import inet_aton, inet_ntoa
 
 DEFAULT_PATH = "/etc/ssitab"
 DEFAULT_PREFIX = 24

@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,11 @@ from mkinitrd_ssi.run import log, run
 
 NAME = "linuxrc"
 # Bump when the freezing recipe changes in a way the key does not see.
-RECIPE = "3"
+RECIPE = "4"
 KEEP = 4  # frozen agents kept in the cache (newest first)
 RTHOOK = Path(__file__).resolve().parent / "rthook_clock.py"
+STARTCACHE = Path(__file__).resolve().parent / "startcache.py"
+STARTCACHE_MODULE = "_ssi_startcache"  # its name in the frozen agent
 
 # What the agent (standard library, ctypes, xxhash) never imports but PyInstaller would
 # pull in through optional imports: the large ones are OpenSSL (_hashlib, _ssl: ~5 MB),
@@ -90,6 +93,8 @@ class Recipe:
     encodings: tuple[str, ...] | None = ENCODINGS  # None: every codec
     drop_rthooks: tuple[str, ...] = ("pyi_rth_inspect",)
     hash_seed: int | None = 0  # None: random, read from the kernel at start-up
+    startcache: bool = True  # what the agent's imports compile, compiled at freeze time
+    lazy_dataclasses: bool = True  # dataclasses without its import of inspect
     python_options: tuple[str, ...] = ()  # e.g. ("X importtime",) for a profile
 
     def describe(self) -> str:
@@ -99,7 +104,7 @@ class Recipe:
 DEFAULT = Recipe()
 # PyInstaller's defaults, as frozen before issue 14: the bench builds it beside DEFAULT.
 PLAIN = Recipe(optimize=0, zlib_level=None, trim=False, encodings=None, drop_rthooks=(),
-               hash_seed=None)
+               hash_seed=None, startcache=False, lazy_dataclasses=False)
 
 
 _IMPORT_RE = re.compile(rb"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.MULTILINE)
@@ -163,36 +168,84 @@ def _all_encodings() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(encodings.__path__))
 
 
-# Run by the freezing interpreter, isolated and without site: which modules importing the
-# agent's modules and everything they import anywhere loads (optional ones may fail).
-_CLOSURE = r"""
+# Run by the freezing interpreter, isolated, without site and with a fixed hash seed (the
+# cache's bytes must not depend on the run): which modules importing the agent's modules
+# and everything they import anywhere loads (optional ones may fail), and, when asked, the
+# start-up cache of what those imports compile (startcache.py).
+_STUDY = r"""
 import importlib, sys
 sys.path[:0] = sys.argv[1].split("\n")
+cache, optimize = sys.argv[2], int(sys.argv[3])
+if cache:
+    import startcache
+    stop = startcache.record(optimize)
 failed = []
-for name in sys.argv[2:]:
+for name in sys.argv[4:]:
     try:
         importlib.import_module(name)
     except Exception as e:
         failed.append(f"{name}: {type(e).__name__}: {e}")
-print("\n".join(sorted(sys.modules)))
+if cache:
+    with open(cache, "wb") as f:
+        f.write(stop())
+print("\n".join(sorted(n for n in sys.modules if n != "startcache")))
 print("--failed--")
 print("\n".join(failed), end="")
 """
 
 
-def import_closure(package: Path) -> tuple[set[str], list[str]]:
+def study(package: Path, cache: Path | None = None, optimize: int = 0,
+          overrides: Path | None = None) -> tuple[set[str], list[str]]:
     """(modules loaded by importing the agent's modules and all they import, the imports
-    that fail here). The agent's modules execute their top level on this host: they only
-    define things (and load libc through ctypes)."""
+    that fail here); with `cache`, the start-up cache of those imports is written there.
+    Run as the frozen agent runs: at its optimisation level, with its overrides of the
+    standard library first on the path (nothing written: -B). The agent's modules execute
+    their top level on this host: they only define things (and load libc through ctypes)."""
     wanted = sorted({*agent_modules(package), *import_targets(package)})
-    paths = [str(package.parent), *(p for p in sys.path if p and p != str(package.parent))]
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", _CLOSURE, "\n".join(paths),
-                           *wanted], capture_output=True, text=True, check=False,
-                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    paths = [*([str(overrides)] if overrides else []), str(package.parent),
+             str(STARTCACHE.parent), *(p for p in sys.path if p and p != str(package.parent))]
+    flags = ["-I", "-S", "-B", *(["-O"] * optimize)]
+    proc = subprocess.run([sys.executable, *flags, "-c", _STUDY, "\n".join(paths),
+                           str(cache or ""), str(optimize), *wanted], capture_output=True,
+                          text=True, check=False,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                               "PYTHONHASHSEED": "0"})
     if proc.returncode != 0:
         raise SsiError(f"cannot import the agent to find what it needs:\n{proc.stderr.strip()}")
     loaded, _, failed = proc.stdout.partition("--failed--\n")
     return set(loaded.split()), [f for f in failed.splitlines() if f]
+
+
+# dataclasses imports inspect (and with it ast, dis, tokenize...: 38 million instructions)
+# only to write a docstring for classes without one; under optimize=2 no class has one.
+# The frozen agent carries dataclasses with these two edits (checked to apply exactly; on
+# another Python, where they do not, the standard module is frozen as it is).
+_DATACLASSES_EDITS = (
+    ("\nimport inspect\n", "\n"),
+    ("""    if not getattr(cls, '__doc__'):
+        # Create a class doc-string.
+        cls.__doc__ = (cls.__name__ +""",
+     """    if not getattr(cls, '__doc__') and sys.flags.optimize < 2:
+        # Create a class doc-string (not under -OO: it costs inspect's import).
+        import inspect
+        cls.__doc__ = (cls.__name__ +"""),
+)
+
+
+def lazy_dataclasses(dest: Path) -> bool:
+    """Write the edited dataclasses.py into dest; False when the edits do not apply."""
+    import dataclasses
+
+    text = Path(dataclasses.__file__).read_text()
+    for old, new in _DATACLASSES_EDITS:
+        if text.count(old) != 1:
+            log.info("agent: dataclasses.py of %s differs from 3.11's; frozen unedited",
+                     sys.version.split()[0])
+            return False
+        text = text.replace(old, new)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "dataclasses.py").write_text(text)
+    return True
 
 
 def pyinstaller_version() -> str:
@@ -227,7 +280,8 @@ def cache_key(package: Path, recipe: Recipe = DEFAULT) -> str:
     # Upgrading a library the agent imports (xxhash) must re-freeze it too.
     for part in (RECIPE, pyinstaller_version(), sys.version, platform.machine(),
                  " ".join(EXCLUDES), " ".join(LAZY_STDLIB), recipe.describe(),
-                 RTHOOK.read_text(), " ".join(_versions(names, package.name))):
+                 RTHOOK.read_text(), STARTCACHE.read_text(), repr(_DATACLASSES_EDITS),
+                 " ".join(_versions(names, package.name))):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 
@@ -240,8 +294,9 @@ from PyInstaller.utils.hooks import collect_submodules
 KEEP = {keep!r}
 DROP_RTHOOKS = {drop_rthooks!r}
 
-a = Analysis([{entry!r}], pathex=[{path!r}],
-             hiddenimports=collect_submodules({package!r}), runtime_hooks=[{rthook!r}],
+a = Analysis([{entry!r}], pathex={pathex!r},
+             hiddenimports=collect_submodules({package!r}) + {hidden!r},
+             runtime_hooks=[{rthook!r}],
              excludes={excludes!r}, noarchive=False, optimize={optimize!r})
 a.scripts = [s for s in a.scripts if s[0] not in DROP_RTHOOKS]
 if KEEP is not None:
@@ -257,26 +312,47 @@ coll = COLLECT(exe, a.binaries, a.datas, strip=True, upx=False, name={name!r})
 """
 
 
-def spec_text(package: Path, recipe: Recipe, keep: set[str] | None) -> str:
+def spec_text(package: Path, recipe: Recipe, keep: set[str] | None,
+              extra_paths: Sequence[Path] = (), hidden: Sequence[str] = ()) -> str:
     options = [(o, None, "OPTION") for o in recipe.python_options]
     options += [("O", None, "OPTION")] * recipe.optimize
     if recipe.hash_seed is not None:
         options.append((f"hash_seed={recipe.hash_seed}", None, "OPTION"))
     return _SPEC.format(
         keep=None if keep is None else sorted(keep), drop_rthooks=recipe.drop_rthooks,
-        entry=str(package / "__main__.py"), path=str(package.parent), package=package.name,
+        entry=str(package / "__main__.py"), package=package.name,
+        pathex=[*map(str, extra_paths), str(package.parent)], hidden=list(hidden),
         rthook=str(RTHOOK), excludes=excludes(package, recipe), optimize=recipe.optimize,
         options=options, name=NAME)
 
 
-def _keep(package: Path, recipe: Recipe) -> set[str] | None:
-    if not recipe.trim:
-        return None
-    closure, failed = import_closure(package)
-    for line in failed:
-        log.warning("agent: an import fails on this host too (left to the frozen check): %s",
-                    line)
-    return closure | set(LAZY_STDLIB)
+def _prepare(package: Path, recipe: Recipe, work: Path) -> str:
+    """The spec, after studying the agent: its import closure (the trim) and the start-up
+    cache (written as a module into work/), the edited dataclasses (work/overrides/, which
+    PyInstaller must also run with on PYTHONPATH: its graph of the standard library is
+    made before the spec's paths count)."""
+    extra: list[Path] = []
+    hidden: list[str] = []
+    overrides = None
+    if recipe.lazy_dataclasses and lazy_dataclasses(work / "overrides"):
+        overrides = work / "overrides"
+        extra.append(overrides)  # found before the standard library's
+    cache = work / "startcache.bin" if recipe.startcache else None
+    keep = None
+    if recipe.trim or cache is not None:
+        closure, failed = study(package, cache, recipe.optimize, overrides)
+        for line in failed:
+            log.warning("agent: an import fails on this host too (left to the frozen check): "
+                        "%s", line)
+        if recipe.trim:
+            keep = closure | set(LAZY_STDLIB) | {STARTCACHE_MODULE}
+    if cache is not None:
+        (work / f"{STARTCACHE_MODULE}.py").write_text(
+            f"# Generated by mkinitrd_ssi/initrd/freeze.py from startcache.py.\n"
+            f"{STARTCACHE.read_text()}\n\nDATA = {cache.read_bytes()!r}\ninstall(DATA)\n")
+        extra.append(work)
+        hidden.append(STARTCACHE_MODULE)
+    return spec_text(package, recipe, keep, extra, hidden)
 
 
 def check_frozen(exe: Path, package: Path) -> None:
@@ -301,13 +377,15 @@ def _freeze(package: Path, dest: Path, verbose: bool, recipe: Recipe = DEFAULT) 
     work = Path(tempfile.mkdtemp(prefix=".freeze-", dir=dest.parent))
     try:
         spec = work / f"{NAME}.spec"
-        spec.write_text(spec_text(package, recipe, _keep(package, recipe)))
+        spec.write_text(_prepare(package, recipe, work))
         argv = [sys.executable, "-m", "PyInstaller", "--noconfirm",
                 "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
                 "--log-level", "INFO" if verbose else "WARN", str(spec)]
         # A fixed hash seed makes PyInstaller's output reproducible (set ordering in the
         # bytecode it writes), so a re-freeze of the same sources gives the same image.
         env = {**os.environ, "PYTHONHASHSEED": "0"}
+        if (work / "overrides").is_dir():
+            env["PYTHONPATH"] = str(work / "overrides")
         if recipe.zlib_level is not None:
             env["PYINSTALLER_ZLIB_COMPRESSION_LEVEL"] = str(recipe.zlib_level)
         run(argv, capture=not verbose, env=env)
