@@ -18,6 +18,7 @@ from mkinitrd_ssi import cli
 from mkinitrd_ssi.dhcp.generate import DhcpOptions, write_config
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.initrd.build import BuildOptions, build, list_image
+from mkinitrd_ssi.initrd.contents import BUSYBOX
 from mkinitrd_ssi.initrd.image import Compression
 from mkinitrd_ssi.initrd.skel import RAMDISK_D, skel_layers
 from mkinitrd_ssi.run import log
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="M1,M2", help="modules to leave out (and those needing them)")
     parser.add_argument("--no-busybox", action="store_true",
                         help="no busybox: no rescue shell in the ramdisk")
+    parser.add_argument("--busybox", type=Path, default=BUSYBOX, metavar="FILE",
+                        help=f"the busybox to carry (default: {BUSYBOX}); a dynamic one "
+                        "(Debian's busybox package) brings its libraries and is the smaller "
+                        "image: glibc is there for the agent anyway")
     parser.add_argument("--no-dhcpd", action="store_true", help="do not run mkdhcpd.ssi after")
     parser.add_argument("--skel", action="append", type=Path, default=[], metavar="DIR",
                         help="copy DIR's tree into the image on top of the packaged skeleton, "
@@ -95,7 +100,7 @@ def options(args: argparse.Namespace, root: cli.Root) -> BuildOptions:
         compress_level=args.compress_level,
         add_modules=tuple(m for group in args.add_modules for m in group),
         omit_modules=tuple(m for group in args.omit_modules for m in group),
-        busybox=not args.no_busybox,
+        busybox=None if args.no_busybox else args.busybox,
         dry_run=args.dry_run,
         debug=args.debug,
     )

@@ -20,6 +20,7 @@ from mkinitrd_ssi.atomic import replace_if_changed
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.initrd import freeze, image, skel
 from mkinitrd_ssi.initrd.contents import (
+    BUSYBOX,
     add_agent,
     add_base,
     add_busybox,
@@ -44,7 +45,7 @@ class BuildOptions:
     compress_level: int | None = None
     add_modules: tuple[str, ...] = ()
     omit_modules: tuple[str, ...] = ()
-    busybox: bool = True
+    busybox: Path | None = BUSYBOX  # None: no rescue shell
     dry_run: bool = False
     debug: bool = False
 
@@ -86,7 +87,7 @@ def build(opts: BuildOptions, table: Ssitab, table_bytes: bytes,
     with arc.origin("agent"):
         elves = add_agent(arc, frozen)
     with arc.origin("busybox"):
-        extra = add_busybox(arc) if opts.busybox else []
+        extra = add_busybox(arc, opts.busybox) if opts.busybox is not None else []
     with arc.origin("library"):
         libs = add_libraries(arc, frozen, elves, extra)
     log.info("libraries: %d paths for %d ELF files of the agent", libs, len(elves))

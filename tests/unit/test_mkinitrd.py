@@ -239,6 +239,17 @@ def test_no_busybox(root: Path) -> None:
     assert "bin/busybox" not in got and "bin/sh" not in got
 
 
+def test_a_dynamic_busybox_brings_its_libraries(root: Path, tmp_path: Path) -> None:
+    # Debian's busybox package links libc and libresolv; any dynamic program stands in.
+    dynamic = Path(shutil.which("true") or "/bin/true").resolve()
+    assert build(root, "--busybox", str(dynamic), "--compress", "none", "--no-dhcpd") == 0
+    got = members(root / "boot/initrd-ssi.img")
+    assert got["bin/busybox"].data == dynamic.read_bytes()
+    assert got["bin/busybox"].mode & 0o111 and got["bin/sh"].target == "busybox"
+    assert "lib/x86_64-linux-gnu/libc.so.6" in got
+    assert build(root, "--busybox", str(tmp_path / "none"), "--no-dhcpd") == 1
+
+
 def test_add_and_omit_modules(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert build(root, "--add-modules", "loop", "--omit-modules", "virtio_blk,nope",
                  "--compress", "none", "--no-dhcpd") == 0
