@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mkinitrd_ssi import cli
-from mkinitrd_ssi.dhcp.generate import DhcpOptions, write_config
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.initrd.build import BuildOptions, build, list_image
 from mkinitrd_ssi.initrd.contents import BUSYBOX
@@ -49,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compression (default: zstd); 'none' writes one single "
                         "archive, the others a few concatenated ones")
     parser.add_argument("--compress-level", type=int, metavar="N",
-                        help="zstd 1-19 (default 9) or gzip 1-9 (default 6)")
+                        help="zstd 1-19 (default 19: the smallest image the kernel "
+                        "reads; 9 compresses a cold build ten times faster, 0.6 MB larger) "
+                        "or gzip 1-9 (default 6)")
     parser.add_argument("--add-modules", action="append", type=_comma_list, default=[],
                         metavar="M1,M2", help="modules (or aliases) to ship besides the "
                         "default set; one this kernel lacks is an error")
@@ -117,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
     if args.no_dhcpd:
         return 0
     log.info("writing the DHCP configuration (as mkdhcpd.ssi would)")
+    # Imported here: 18 ms of every build's start-up, for --no-dhcpd builds too.
+    from mkinitrd_ssi.dhcp.generate import DhcpOptions, write_config
+
     try:
         return write_config(table, DhcpOptions(root=root, dry_run=args.dry_run))
     except SsiError as e:

@@ -89,7 +89,7 @@ def build(opts: BuildOptions, table: Ssitab, table_bytes: bytes,
     with arc.origin("busybox"):
         extra = add_busybox(arc, opts.busybox) if opts.busybox is not None else []
     with arc.origin("library"):
-        libs = add_libraries(arc, frozen, elves, extra)
+        libs = add_libraries(arc, frozen, elves, extra, cache)
     log.info("libraries: %d paths for %d ELF files of the agent", libs, len(elves))
     with arc.origin("ssitab"):
         arc.data("etc/ssitab", table_bytes)

@@ -3,9 +3,14 @@ agent, its ELF closure, busybox, the kernel modules with their firmware."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+
+import xxhash
 
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.initrd import elf, freeze, kmod
@@ -40,16 +45,13 @@ def add_agent(arc: Archive, frozen: Path) -> list[str]:
                   if p.is_file() and not p.is_symlink() and elf.is_elf(p))
 
 
-def add_libraries(arc: Archive, frozen: Path, elves: list[str], extra_roots: list[str]) -> int:
+def add_libraries(arc: Archive, frozen: Path, elves: list[str], extra_roots: list[str],
+                  cache: Path | None = None) -> int:
     """The ELF closure of the agent (and busybox if dynamic), PyInstaller's exclusions
-    (ld.so, glibc) included. Returns how many paths it added."""
-    exe = str(frozen / freeze.NAME)
-    internal = str(frozen / "_internal")
-    # PyInstaller's bootloader first runs with the system's search path, then re-execs
-    # itself with LD_LIBRARY_PATH=_internal for the rest: resolve it both ways.
-    resolver = elf.Resolver()
-    found = resolver.closure([exe, *extra_roots], extra=elf.DLOPENED_BY_LIBC)
-    found += resolver.with_library_path([internal]).closure(elves)
+    (ld.so, glibc) included. Returns how many paths it added. With `cache`, the closure
+    is reused while none of the files and directories it was read from changed: reading
+    the 20-odd ELF files with pyelftools is most of a rebuild after an ssitab edit."""
+    found = _cached_closure(cache, frozen, elves, extra_roots)
     inside = str(frozen) + "/"
     added = 0
     for inst in found:
@@ -60,6 +62,60 @@ def add_libraries(arc: Archive, frozen: Path, elves: list[str], extra_roots: lis
         else:
             added += arc.file(inst.path, inst.source)
     return added
+
+
+def _closure(frozen: Path, elves: list[str], extra_roots: list[str]) -> list[elf.Install]:
+    exe = str(frozen / freeze.NAME)
+    internal = str(frozen / "_internal")
+    # PyInstaller's bootloader first runs with the system's search path, then re-execs
+    # itself with LD_LIBRARY_PATH=_internal for the rest: resolve it both ways.
+    resolver = elf.Resolver()
+    found = resolver.closure([exe, *extra_roots], extra=elf.DLOPENED_BY_LIBC)
+    return found + resolver.with_library_path([internal]).closure(elves)
+
+
+def _stamp(path: str) -> list[int]:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return []
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _cached_closure(cache: Path | None, frozen: Path, elves: list[str],
+                    extra_roots: list[str]) -> list[elf.Install]:
+    if cache is None:
+        return _closure(frozen, elves, extra_roots)
+    key = xxhash.xxh3_128_hexdigest(json.dumps([str(frozen), elves, extra_roots,
+                                                elf.DLOPENED_BY_LIBC]).encode())
+    path = cache / "closures" / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        saved = json.loads(path.read_bytes())
+        if all(_stamp(p) == stamp for p, stamp in saved["stamps"]):
+            return [elf.Install(i, Path(src), link) for i, src, link in saved["found"]]
+    found = _closure(frozen, elves, extra_roots)
+    # What the answer was read from: every file, and every directory searched (a library
+    # added to one that comes first in the search path changes its mtime).
+    # The frozen tree never changes under its key (but its directory's mtime is touched
+    # at each use, for the cache's pruning): only the files are stamped there.
+    files = {*elves, *extra_roots, str(frozen / freeze.NAME)}
+    files |= {str(i.source) for i in found} | {i.path for i in found}
+    inside = str(frozen) + "/"
+    dirs = {os.path.dirname(f) for f in files if not f.startswith(inside)} | set(_SEARCHED)
+    stamps = [[p, _stamp(p)] for p in sorted(files | dirs)]
+    record = {"found": [[i.path, str(i.source), i.symlink] for i in found], "stamps": stamps}
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)  # no fsync: a torn record fails to parse and is redone
+    return found
+
+
+# The loader's default directories on Debian x86_64 (elf.default_dirs): a library that
+# appears in one of them may change what a name resolves to.
+_SEARCHED = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
+             "/lib", "/usr/lib")
 
 
 def add_busybox(arc: Archive, busybox: Path = BUSYBOX) -> list[str]:

@@ -19,11 +19,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSegment
-from elftools.elf.elffile import ELFFile
-from elftools.elf.segments import InterpSegment
-
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.run import log
 
@@ -73,6 +68,13 @@ def read_elf(path: Path) -> ElfInfo | None:
     """The dynamic-linking facts of an ELF file; None for anything that is not ELF."""
     if not is_elf(path):
         return None
+    # Imported here: a rebuild whose closure is cached (contents.add_libraries) reads no
+    # ELF file, and pyelftools costs each mkinitrd.ssi 23 ms to import.
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSegment
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.segments import InterpSegment
+
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)

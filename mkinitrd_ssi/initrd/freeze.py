@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.metadata
+import keyword
 import os
 import platform
 import re
@@ -248,22 +248,60 @@ def lazy_dataclasses(dest: Path) -> bool:
     return True
 
 
-def pyinstaller_version() -> str:
+def _dist_infos() -> dict[str, str]:
+    """{normalised distribution name: version} of the *.dist-info directories on sys.path:
+    one directory listing each, where importlib.metadata's import alone costs a rebuild
+    30 ms (it brings the email package) and its lookups as much again."""
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".dist-info") and name.count("-") == 1:
+                dist, version = name[:-len(".dist-info")].split("-")
+                found.setdefault(dist.lower().replace("-", "_").replace(".", "_"), version)
+    return found
+
+
+def _version(dist: str, infos: dict[str, str]) -> str | None:
+    version = infos.get(dist.lower().replace("-", "_").replace(".", "_"))
+    if version is not None:
+        return version
+    import importlib.metadata  # an egg-info, say: the slow, general way
+
     try:
-        return importlib.metadata.version("pyinstaller")
+        return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def pyinstaller_version(infos: dict[str, str] | None = None) -> str:
+    version = _version("pyinstaller", _dist_infos() if infos is None else infos)
+    if version is None:
         raise SsiError("PyInstaller is not installed for " + sys.executable,
-                       hint="pip install pyinstaller (make venv does)") from None
+                       hint="pip install pyinstaller (make venv does)")
+    return version
 
 
-def _versions(names: set[str], package: str) -> list[str]:
-    """name==version of each installed distribution among names (xxhash, say)."""
-    wanted = sorted(n for n in names if n not in sys.stdlib_module_names and n != package)
-    if not wanted:
-        return []
-    dists = importlib.metadata.packages_distributions()
-    return sorted({f"{d}=={importlib.metadata.version(d)}" for n in wanted
-                   for d in dists.get(n, [])})
+def _versions(names: set[str], package: str, infos: dict[str, str]) -> list[str]:
+    """name==version of each installed distribution among names (xxhash, say): a module
+    is taken for the distribution of its own name, else importlib.metadata maps it."""
+    # The regex also catches a continuation line `from None` of a raise: not a module.
+    wanted = sorted(n for n in names if n not in sys.stdlib_module_names and n != package
+                    and not keyword.iskeyword(n))
+    out = set()
+    for name in wanted:
+        version = _version(name, infos)
+        if version is not None:
+            out.add(f"{name}=={version}")
+            continue
+        import importlib.metadata
+
+        out |= {f"{d}=={importlib.metadata.version(d)}"
+                for d in importlib.metadata.packages_distributions().get(name, [])}
+    return sorted(out)
 
 
 def cache_key(package: Path, recipe: Recipe = DEFAULT) -> str:
@@ -278,10 +316,11 @@ def cache_key(package: Path, recipe: Recipe = DEFAULT) -> str:
         names.update(m.decode() for m in _IMPORT_RE.findall(data))
         h.update(str(path.relative_to(package)).encode() + b"\0" + data + b"\0")
     # Upgrading a library the agent imports (xxhash) must re-freeze it too.
-    for part in (RECIPE, pyinstaller_version(), sys.version, platform.machine(),
+    infos = _dist_infos()
+    for part in (RECIPE, pyinstaller_version(infos), sys.version, platform.machine(),
                  " ".join(EXCLUDES), " ".join(LAZY_STDLIB), recipe.describe(),
                  RTHOOK.read_text(), STARTCACHE.read_text(), repr(_DATACLASSES_EDITS),
-                 " ".join(_versions(names, package.name))):
+                 " ".join(_versions(names, package.name, infos))):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 

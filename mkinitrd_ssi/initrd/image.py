@@ -29,7 +29,6 @@ from pathlib import Path
 import xxhash
 import zstandard
 
-from mkinitrd_ssi.atomic import staged_file
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.initrd import cpio
 from mkinitrd_ssi.initrd.cpio import Entry, Member
@@ -44,14 +43,21 @@ class Compression(enum.StrEnum):
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
-# zstd 9 measured here on the default image: 8.8 MB in ~2 s cold; 19 (the strongest whose
-# 8 MB window the kernel accepts) saves 0.8 MB for ~30 times the time; 3 costs 0.7 MB more.
-DEFAULT_LEVEL = {Compression.ZSTD: 9, Compression.GZIP: 6}
+# zstd 19 (the strongest whose 8 MB window the kernel accepts), chosen by figures (README,
+# Benchmarks; bench_initrd.py --compressions): on the 9-module image 4.9 MB against 5.5 at
+# 9 and 7.5 with lz4 -9, for 0.04 s more unpacking in the kernel (icount) than 9; xz
+# --x86 would be 4.3 MB but unpacks 1.5 s slower. What it costs is compression time,
+# paid once: the agent, libraries and modules are cached segments, an ssitab edit
+# recompresses only etc/ (a few KB); a cold build compresses ~15 MB (17 s on 2 cores).
+DEFAULT_LEVEL = {Compression.ZSTD: 19, Compression.GZIP: 6}
 MAX_LEVEL = {Compression.ZSTD: 19, Compression.GZIP: 9}
 
 # A top directory holding less than this joins its neighbours in one segment: fewer
 # frames, and a segment is only worth caching when it is costly to compress.
 SEGMENT_MIN = 1 << 20
+# What changes from one build to the next (the table, the manifest, the module list):
+# always a run of its own.
+VOLATILE = "etc"
 # zstd's parallel jobs: fixed, so the output does not depend on the core count.
 ZSTD_JOB = 1 << 21
 CACHE_MAX_AGE = 14 * 86400
@@ -77,7 +83,19 @@ def segments(entries: Iterable[Entry]) -> list[list[Entry]]:
         by_key[-1] = (key, members, size + e.size)
     out: list[list[Entry]] = []
     small: list[Entry] = []
-    for _, members, size in by_key:
+    for key, members, size in by_key:
+        if key.split("/")[0] == VOLATILE:
+            # Its own run, however small: an ssitab edit then recompresses a few KB, not
+            # the modules and libraries that would share a run with it (0.6 MB at -19:
+            # 0.3 s of every rebuild, measured).
+            if out and out[-1][0].path.split("/")[0] == VOLATILE:
+                out[-1] += members
+                continue
+            if small:
+                out.append(small)
+                small = []
+            out.append(members)
+            continue
         if size < SEGMENT_MIN:
             small += members
             continue
@@ -166,11 +184,17 @@ class SegmentCache:
         path = self._path(raw, how, level)
         if path is None:
             return
+        # Renamed into place, not fsynced: a cache file a power cut left torn fails its
+        # digest in get() and is made again, and the fsyncs were a third of a rebuild.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         try:
-            with staged_file(path) as tmp:
-                tmp.write_bytes(xxhash.xxh3_128_digest(data) + data)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(xxhash.xxh3_128_digest(data) + data)
+            os.replace(tmp, path)
         except OSError as e:
             log.info("cannot cache a compressed segment in %s: %s", path.parent, e.strerror)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def prune(self) -> None:
         if self.directory is not None:
