@@ -630,6 +630,11 @@ def main(import_start: float | None = None) -> NoReturn:
         proc.as_pid1()
         boot = Boot()
         if import_start is not None:
+            # Stamped by the freeze's runtime hook (mkinitrd_ssi/initrd/rthook_clock.py).
+            first = getattr(sys, "_ssi_first_code", None)
+            if first is not None:
+                boot.notes.append(f"runtime hooks and start-up cache: "
+                                  f"{import_start - first:.3f} s")
             boot.notes.append(f"importing the agent: {console.uptime() - import_start:.3f} s")
         run(boot)
         console.fatal("the boot sequence ended without starting init")
