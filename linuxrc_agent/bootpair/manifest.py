@@ -2,7 +2,7 @@
 
 lilo.ssi writes MANIFEST_NAME beside the shared root's default pair after it
 installs one; a push spool carries one with the kernel arguments added
-(mkinitrd_ssi.pairspool). The sync copies a pair only if what it copied
+(mkinitrd_ssi.push.spool). The sync copies a pair only if what it copied
 matches (docs/architecture.md, "The local boot partition: commit protocol").
 
     {"format": 1,

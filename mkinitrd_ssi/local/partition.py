@@ -1,7 +1,7 @@
 """Admin side of the local boot partition: `lilo.ssi --local-only`, the manifest, provisioning.
 
 - `local_only` syncs a mounted boot partition through the agent's own code
-  (linuxrc_agent.disk_sync), so a running node and a booting node agree.
+  (linuxrc_agent.bootpair), so a running node and a booting node agree.
 - `publish_manifest` is what lilo.ssi writes after it installs the default
   pair; nodes copy a pair only when it matches.
 - `provision` makes a disk (or a disk image) bootable by extlinux: MBR with
