@@ -11,7 +11,7 @@ Each cut is told as during the copy, the commit or after it. See
 vm_tests/powercut.py for the trial itself; `make powercut` runs 200, after
 enumerating every crash state (vm_tests/crashstates.py).
 
-SSI_POWERCUT_CUTS (default 30) and SSI_POWERCUT_SEED (default: the clock) set
+SSI_POWERCUT_CUTS (default 16) and SSI_POWERCUT_SEED (default: the clock) set
 the number of cuts and the seed; every instant and the seed are printed (pytest -s)
 and written to powercut.json in the test's directory.
 """
@@ -32,7 +32,7 @@ from mkinitrd_ssi.run import run
 from vm_tests import powercut
 from vm_tests.kernel import Kernel
 
-CUTS = int(os.environ.get("SSI_POWERCUT_CUTS", "30"))
+CUTS = int(os.environ.get("SSI_POWERCUT_CUTS", "16"))
 SEED = int(os.environ.get("SSI_POWERCUT_SEED", "0")) or int(time.time())
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: loop devices")
