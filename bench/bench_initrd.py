@@ -569,11 +569,13 @@ class Variant:
     uptimes: list[float] = field(default_factory=list)
 
 
-def compression_variants(base: Path, agent: Path, k: Kernel, spec: str) -> list[Variant]:
+def compression_variants(base: Path, agent: Path, k: Kernel, spec: str, busybox: Path
+                         ) -> list[Variant]:
     """Our image in each compression of spec: zstd:N and gzip:N as mkinitrd.ssi writes them
     (--compress-level N, cached segments), lz4:N the legacy frame format the kernel reads
     (`lz4 -l -N` of the uncompressed archive), xz:N (`xz --x86`, CRC32), none."""
-    argv = ["--root", str(ours_root(base)), *module_args(k), "--no-dhcpd"]
+    argv = ["--root", str(ours_root(base)), *module_args(k), "--no-dhcpd", "--busybox",
+            str(busybox)]
     raw = base / "ssi-none.img"
     run_ours(agent, base / "cache-warm", [*argv, "--compress", "none", "-o", str(raw)])
     out = []
@@ -847,7 +849,7 @@ def main() -> int:
             if args.sync_boots:
                 sync = sync_boots(base, ours, k, args.sync_boots, logs, args.icount)
             if args.compressions:
-                variants = compression_variants(base, agent, k, args.compressions)
+                variants = compression_variants(base, agent, k, args.compressions, busybox)
                 boot_variants(variants, k, disk, args.boots, logs, args.icount)
         text = report(rows, None if args.no_boot else floor, k, modules, versions, args,
                       loads, startup, debug_lines, default_size, sync, variants)
