@@ -1,11 +1,12 @@
 """`make demo`: build the ramdisk from the bundled node table and boot a small cluster.
 
-Three machines boot at once under QEMU (TCG): node 1 (diskless), node 2 (local
-boot flag, its disk starting with a stale kernel and ramdisk) and a machine
-whose MAC is in no table. As root they PXE-boot from real dhcpd and tftpd-hpa
-in a private network namespace; without root, QEMU's user-mode network (its
-built-in BOOTP/TFTP) stands in. Node 2 then boots once more from its disk
-alone. Live progress while they boot, a table at the end.
+Four machines boot at once under QEMU (TCG): node 1 (diskless), node 2 (local
+boot flag, its disk starting with a stale kernel and ramdisk), node 3 (diskless,
+UEFI with Secure Boot: OVMF's own PXE, shim, Debian's signed GRUB) and a
+machine whose MAC is in no table. As root they PXE-boot from real dhcpd and
+tftpd-hpa in a private network namespace; without root, QEMU's user-mode
+network (its built-in BOOTP/TFTP) stands in. Node 2 then boots once more from
+its disk alone. Live progress while they boot, a table at the end.
 """
 
 from __future__ import annotations
@@ -25,17 +26,33 @@ from linuxrc_agent.bootpair.manifest import MANIFEST_NAME
 from mkinitrd_ssi.lilo import main as lilo
 from mkinitrd_ssi.local.partition import provision
 from mkinitrd_ssi.mkinitrd import main as mkinitrd
+from mkinitrd_ssi.netboot.publish import EFI_BOOT_FILE, GRUB_CFG, IPXE_SCRIPT
 from vm_tests import cluster, images
 from vm_tests.kernel import kernel as fetch_kernel
 from vm_tests.pxe import PxeNet, pxe_network
-from vm_tests.qemu import ENV_BEGIN, INIT_MARKER, Disk, Nic, Vm, VmConfig, parse_env
+from vm_tests.qemu import (
+    ENV_BEGIN,
+    INIT_MARKER,
+    OVMF_DIR,
+    Disk,
+    Nic,
+    Uefi,
+    Vm,
+    VmConfig,
+    parse_env,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CMDLINE = f"root=LABEL={cluster.ROOT_LABEL} console=ttyS0 panic=-1 quiet"
 
-# Console milestones, in boot order: the last one seen is the node's stage.
+# Console milestones, in boot order: the last one seen is the node's stage. A BIOS
+# machine never prints the UEFI chain's (OVMF's PXE, shim, GRUB's echo from grub.cfg),
+# and with `quiet` no machine prints the kernel's banner.
 STAGES = (
     ("firmware", r""),
+    ("pxe", r">>Start PXE over IPv4"),
+    ("shim", rf"NBP filename is {EFI_BOOT_FILE}"),
+    ("grub", r"lilo\.ssi: booting"),
     ("kernel", r"Linux version"),
     ("agent", r"linuxrc: .*ssi-boot agent"),
     ("modules", r"linuxrc: .*modules: loaded"),
@@ -51,6 +68,7 @@ class Machine:
     name: str
     mac: str
     boot_path: str
+    uefi: bool = False  # OVMF, and then always with Secure Boot, as servers ship
     vm: Vm | None = None
     stage: str = "firmware"
     started: float = field(default_factory=time.monotonic)
@@ -81,6 +99,12 @@ class Machine:
             self.outcome = "joined"
             return True
         return self.vm.proc.poll() is not None
+
+
+    @property
+    def label(self) -> str:
+        """The name, and the firmware for a machine that is not the usual BIOS one."""
+        return f"{self.name} (UEFI+SB)" if self.uefi else self.name
 
 
 def _dhcp_lines(net: PxeNet, mac: str) -> str:
@@ -131,14 +155,29 @@ def network(admin: Path, work: Path, use_root: bool) -> Iterator[PxeNet | None]:
         yield net
 
 
+def uefi_missing(tftpboot: Path) -> str | None:
+    """Why a UEFI machine cannot boot here, or None: OVMF and what lilo.ssi publishes
+    for it (shim and GRUB come from packages it only warns about)."""
+    if not (OVMF_DIR / "OVMF_CODE_4M.secboot.fd").is_file():
+        return "ovmf is not installed"
+    if not all((tftpboot / name).is_file() for name in (EFI_BOOT_FILE, "grubx64.efi", GRUB_CFG)):
+        return "lilo.ssi published no shim or GRUB (shim-signed, grub-efi-amd64-signed)"
+    return None
+
+
 def start(machine: Machine, net: PxeNet | None, admin: Path, disks: list[Disk],
           logs: Path, netboot: bool = True) -> None:
     if net is not None:
         nic = Nic(machine.mac, netdev=net.netdev())
     else:
-        nic = Nic(machine.mac, netdev=f"user,tftp={admin / 'tftpboot'},bootfile=ssi.ipxe")
+        # QEMU's BOOTP cannot tell firmwares apart by option 93 as dhcpd does, but each
+        # machine has a user-mode network of its own: name the file its firmware runs.
+        bootfile = EFI_BOOT_FILE if machine.uefi else IPXE_SCRIPT
+        nic = Nic(machine.mac, netdev=f"user,tftp={admin / 'tftpboot'},bootfile={bootfile}")
+    uefi = Uefi.fresh(logs / f"{machine.name}-vars.fd", secure_boot=True) \
+        if machine.uefi else None
     config = VmConfig(nics=[nic], netboot=netboot, disks=disks,
-                      netns=net.ns if net is not None else None)
+                      netns=net.ns if net is not None else None, uefi=uefi)
     if not netboot:
         config.extra += ["-boot", "c"]
     machine.started = time.monotonic()
@@ -155,7 +194,7 @@ def watch(machines: list[Machine], net: PxeNet | None, timeout: float) -> None:
                 done.add(m.name)
                 if m.vm is not None:
                     m.vm.kill()
-        line = "    " + "   ".join(f"{x.name}: {x.stage:<11}" for x in machines)
+        line = "    " + "   ".join(f"{x.label}: {x.stage:<11}" for x in machines)
         if line != shown:
             shown = line
             print(line.rstrip(), flush=True)
@@ -173,12 +212,15 @@ def _kill(machine: Machine) -> None:
 
 
 def table(machines: list[Machine]) -> str:
-    head = ("machine", "node", "MAC", "IP", "boot path", "sync", "join s", "outcome", "console log")
+    # firmware and secure boot: what the agent found (node.env), not what was configured.
+    head = ("machine", "node", "MAC", "IP", "boot path", "firmware", "secure boot", "sync",
+            "join s", "outcome", "console log")
     rows = [head]
     for m in machines:
         e = m.env
         rows.append((m.name, e.get("SSI_NODE", "-") or "-", m.mac,
-                     e.get("SSI_IP", "-") or "-", m.boot_path, e.get("SSI_SYNC", "-"),
+                     e.get("SSI_IP", "-") or "-", m.boot_path, e.get("SSI_FIRMWARE", "-"),
+                     e.get("SSI_SECURE_BOOT", "-"), e.get("SSI_SYNC", "-"),
                      f"{m.joined_s:.1f}" if m.joined_s else "-", m.outcome,
                      str(m.vm.log) if m.vm else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -204,19 +246,22 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.workdir / "logs"
     logs.mkdir()
     shared = Disk(root_img, extra=",snapshot=on")
+    stranger = Machine("stranger", cluster.MAC_UNKNOWN, "PXE")
     machines = [Machine("n1", cluster.MAC_N1, "PXE, diskless"),
                 Machine("n2", cluster.MAC_N2, "PXE, local disk"),
-                Machine("stranger", cluster.MAC_UNKNOWN, "PXE")]
+                Machine("n3", cluster.MAC_N3, "PXE (OVMF, shim, GRUB), diskless", uefi=True),
+                stranger]
+    if (missing := uefi_missing(admin / "tftpboot")) is not None:
+        step(f"node 3 (UEFI) left out: {missing}")
+        machines = [m for m in machines if not m.uefi]
     t0 = time.monotonic()
     with ExitStack() as stack:
         net = stack.enter_context(network(admin, args.workdir, use_root))
         step(f"booting {len(machines)} machines at once"
              + (f" on a private network ({net.ns}: dhcpd, tftpd-hpa)" if net else ""))
-        start(machines[0], net, admin, [shared], logs)
-        start(machines[1], net, admin, [Disk(disk), shared], logs)
-        start(machines[2], net, admin, [shared], logs)
         for m in machines:
             stack.callback(_kill, m)
+            start(m, net, admin, [Disk(disk), shared] if m.name == "n2" else [shared], logs)
         watch(machines, net, args.timeout)
         step("node 2 again, from its local disk alone (no network boot)")
         again = Machine("n2-disk", cluster.MAC_N2, "local disk (extlinux)")
@@ -228,9 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(machines))
     print(f"\n{len(machines)} boots in {time.monotonic() - t0:.0f} s; work tree: {args.workdir}")
     joined = {m.name for m in machines if m.outcome == "joined"}
-    expected = {"n1", "n2", "n2-disk"}
-    stranger_ok = machines[2].outcome.startswith(("no lease", "unknown node"))
-    if joined != expected or not stranger_ok:
+    expected = {"n1", "n2", "n2-disk"} | {m.name for m in machines if m.uefi}
+    stranger_ok = stranger.outcome.startswith(("no lease", "unknown node"))
+    # The agent must have seen the firmware each machine really ran.
+    firmware_ok = all((m.env.get("SSI_FIRMWARE"), m.env.get("SSI_SECURE_BOOT"))
+                      == (("uefi", "1") if m.uefi else ("bios", "0"))
+                      for m in machines if m.outcome == "joined")
+    if joined != expected or not stranger_ok or not firmware_ok:
         print("demo: not every machine did what it should; see the console logs", file=sys.stderr)
         return 1
     return 0
