@@ -45,6 +45,9 @@ from pathlib import Path
 
 import xxhash
 
+from linuxrc_agent.bootpair.esp import CONFIG as ESP_CONFIG
+from linuxrc_agent.bootpair.esp import LOADERS as ESP_LOADERS
+from linuxrc_agent.bootpair.esp import grub_args
 from linuxrc_agent.bootpair.kargs import local_append
 from mkinitrd_ssi.local.partition import attach, mounted, provision, publish_manifest
 from vm_tests import cluster, images
@@ -218,19 +221,23 @@ class Expected:
     old_append: str  # the kernel arguments the old pair boots with
     new_append: str
     old_bootable: bool = True  # False: the partition could not boot before the sync
+    # An ESP: (path, xxh3_128) of shim, then of GRUB, as the shared root has them.
+    loaders: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
 class View:
     pair: str = "-"  # old, new, none (nothing bootable), or - (torn)
     problems: list[str] = field(default_factory=list)
+    entry: str = ""  # the syslinux label or GRUB menu entry booted
 
 
 @dataclass(frozen=True)
 class BootEntry:
     kernel: str
     initrd: str
-    append: str
+    append: str  # GRUB's: the words, one a line
+    label: str = ""
 
 
 _KNOWN = {"default", "prompt", "timeout", "label", "linux", "kernel", "initrd", "append",
@@ -268,7 +275,8 @@ def syslinux_entry(text: str) -> tuple[BootEntry | None, list[str]]:
     entry = labels.get(default.split(" ")[0])
     if entry is None or "linux" not in entry:
         return None, [*odd, f"DEFAULT {default!r} names no entry with a kernel"]
-    return BootEntry(entry["linux"], entry.get("initrd", ""), entry.get("append", "")), odd
+    return BootEntry(entry["linux"], entry.get("initrd", ""), entry.get("append", ""),
+                     default.split(" ")[0]), odd
 
 
 def _run(argv: Sequence[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
@@ -299,8 +307,7 @@ class Reader:
             return None
 
 
-def view_of(read: Reader | Path, want: Expected) -> View:
-    """Which pair a reader boots: through its own file access, or a mounted directory."""
+def _getter(read: Reader | Path) -> Callable[[str], bytes | None]:
     def get(path: str) -> bytes | None:
         if isinstance(read, Reader):
             return read.read(path)
@@ -308,16 +315,37 @@ def view_of(read: Reader | Path, want: Expected) -> View:
             return (read / path.lstrip("/")).read_bytes()
         except OSError:
             return None
+    return get
 
-    view = View()
+
+def view_of(read: Reader | Path, want: Expected, loader: str = "extlinux") -> View:
+    """Which pair a reader boots: through its own file access, or a mounted directory.
+
+    loader: extlinux (extlinux.conf as syslinux reads it) or grub (an ESP as the
+    firmware, shim and GRUB read it: esp_view).
+    """
+    get = _getter(read)
+    if loader == "grub":
+        return esp_view(get, want)
     config = None
     for path in ("/extlinux.conf", "/syslinux/syslinux.cfg", "/syslinux.cfg"):
         config = get(path)
         if config is not None:
             break
     entry, odd = syslinux_entry(config.decode(errors="replace")) if config else (None, [])
+    return _booted(View(), get, want, entry, odd, lambda append: append,
+                   nothing_is_torn=not want.old_bootable)
+
+
+def _booted(view: View, get: Callable[[str], bytes | None], want: Expected,
+            entry: BootEntry | None, odd: list[str], spell: Callable[[str], str], *,
+            nothing_is_torn: bool) -> View:
+    """Judge the entry a loader picked: its two files hashed against the old and the new
+    pair, its arguments against the pair's (spell: the expected append as the entry
+    holds its arguments). nothing_is_torn: booting nothing is no harm here."""
     hashes = []
     if entry is not None:
+        view.entry = entry.label
         for path in (entry.kernel, entry.initrd):
             data = get(path) if path else None
             if data is None:
@@ -328,7 +356,7 @@ def view_of(read: Reader | Path, want: Expected) -> View:
     if entry is None:
         # Booting nothing is torn only where the partition booted before the sync.
         view.pair = "none"
-        if want.old_bootable:
+        if not nothing_is_torn:
             view.problems += odd or ["no config"]
         return view
     view.problems += [f"config line {line!r}" for line in odd]
@@ -339,9 +367,246 @@ def view_of(read: Reader | Path, want: Expected) -> View:
                  want.old[1]: "old initrd", want.new[1]: "new initrd"}
         view.problems.append(f"pair is {names.get(found[0], 'a torn kernel')} + "
                              f"{names.get(found[1], 'a torn initrd')}")
-    elif entry.append != (want.old_append if view.pair == "old" else want.new_append):
-        view.problems.append(f"the {view.pair} pair with APPEND {entry.append[:120]!r}")
+    elif entry.append != spell(want.old_append if view.pair == "old" else want.new_append):
+        view.problems.append(f"the {view.pair} pair with arguments {entry.append[:120]!r}")
     return view
+
+
+# ---------------------------------------------------------------- GRUB's reading of an ESP
+
+
+def grub_tokens(text: str) -> tuple[list[tuple[bool, str]], list[str]]:
+    """GRUB's script lexer, enough for the configs the sync writes and their torn mixtures.
+
+    (is_word, text) tokens: words with their quotes resolved, and the
+    operators newline, `;`, `{`, `}` (braces end a word: GRUB takes `x{` as x
+    then `{`). A `#` opening a word comments to the end of the line; '...' is
+    literal and spans lines (so the guard line `#'` is a comment when no quote
+    is open and closes one a tear left open); "..." takes a backslash before
+    \\ " $ and a newline; a backslash outside quotes takes the next character.
+    What our configs never hold is reported: a quote open at the end of the
+    file (GRUB drops the command), `$` (GRUB would expand it), | & < > ( ).
+    """
+    tokens: list[tuple[bool, str]] = []
+    odd: list[str] = []
+    word: list[str] | None = None  # None: between words
+    i, n = 0, len(text)
+
+    def end_word() -> None:
+        nonlocal word
+        if word is not None:
+            tokens.append((True, "".join(word)))
+            word = None
+
+    while i < n:
+        c = text[i]
+        if c in " \t":
+            end_word()
+            i += 1
+        elif c in "\n;{}":
+            end_word()
+            tokens.append((False, c))
+            i += 1
+        elif c == "#" and word is None:
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif c == "'":
+            end = text.find("'", i + 1)
+            if end < 0:
+                odd.append(f"a single quote open to the end of the file: {text[i:i + 60]!r}")
+                word = None
+                break
+            word = [*(word or []), text[i + 1:end]]
+            i = end + 1
+        elif c == '"':
+            j, buf = i + 1, []
+            while j < n and text[j] != '"':
+                if text[j] == "\\" and j + 1 < n and text[j + 1] in '\\"$\n':
+                    buf.append("" if text[j + 1] == "\n" else text[j + 1])
+                    j += 2
+                    continue
+                if text[j] == "$":
+                    odd.append(f"$ in double quotes: {text[i:i + 60]!r}")
+                buf.append(text[j])
+                j += 1
+            if j >= n:
+                odd.append(f"a double quote open to the end of the file: {text[i:i + 60]!r}")
+                word = None
+                break
+            word = [*(word or []), "".join(buf)]
+            i = j + 1
+        elif c == "\\":
+            if text[i + 1:i + 2] != "\n":  # a backslash-newline only joins the lines
+                word = [*(word or []), text[i + 1:i + 2]]
+            i += 2
+        else:
+            if c in "$|&<>()":
+                odd.append(f"unquoted {c!r}: {text[max(0, i - 30):i + 30]!r}")
+            word = [*(word or []), c]
+            i += 1
+    end_word()
+    return tokens, odd
+
+
+_MENUENTRY_FLAGS = {"--unrestricted"}
+_MENUENTRY_OPTIONS = {"--id", "--class", "--users", "--hotkey"}
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    title: str
+    id: str
+    commands: tuple[tuple[str, ...], ...]
+
+
+def grub_menu(text: str) -> tuple[dict[str, str], list[MenuEntry], list[str]]:
+    """(the variables the top level sets, the menu entries in order, what is odd) of a
+    grub.cfg: `set NAME=VALUE`, `menuentry TITLE [options] { commands }`; any other
+    top-level command, a block left open, a brace out of place is odd."""
+    tokens, odd = grub_tokens(text)
+    variables: dict[str, str] = {}
+    entries: list[MenuEntry] = []
+    pos = 0
+
+    def command() -> tuple[list[str], str | None]:
+        nonlocal pos
+        words = []
+        while pos < len(tokens) and tokens[pos][0]:
+            words.append(tokens[pos][1])
+            pos += 1
+        op = tokens[pos][1] if pos < len(tokens) else None
+        pos += 1
+        return words, op
+
+    while pos < len(tokens):
+        words, op = command()
+        if not words:
+            if op in ("{", "}"):
+                odd.append(f"a {op} outside a menu entry")
+            continue
+        if words[0] == "set":
+            for word in words[1:]:
+                name, _, value = word.partition("=")
+                variables[name] = value
+            if op == "{":
+                odd.append(f"a block after {' '.join(words)[:60]!r}")
+            continue
+        if words[0] != "menuentry":
+            odd.append(f"command {' '.join(words)[:80]!r}")
+            continue
+        title, ident, rest = None, "", iter(words[1:])
+        for word in rest:
+            key, eq, value = word.partition("=")
+            if key in _MENUENTRY_OPTIONS:
+                value = value if eq else next(rest, "")
+                ident = value if key == "--id" else ident
+            elif word not in _MENUENTRY_FLAGS and title is None:
+                title = word
+            elif word not in _MENUENTRY_FLAGS:
+                odd.append(f"menuentry argument {word!r}")
+        body: list[tuple[str, ...]] = []
+        closed = False
+        if op == "{":
+            while pos < len(tokens):
+                words, op = command()
+                if words:
+                    body.append(tuple(words))
+                if op == "}":
+                    closed = True
+                    break
+                if op == "{":
+                    odd.append(f"a block inside menuentry {title!r}")
+        if not closed or title is None:
+            # GRUB reports a syntax error and defines no entry.
+            odd.append(f"menuentry {title!r} without its block")
+            continue
+        entries.append(MenuEntry(title, ident, tuple(body)))
+    return variables, entries, odd
+
+
+def grub_entry(text: str) -> tuple[BootEntry | None, list[str]]:
+    """The entry GRUB boots from a config text (None: none), and what in it is odd.
+
+    `default` names an entry by number, title or --id; when it names none (or
+    is unset), GRUB boots the first entry (grub-core/normal/menu.c, run_menu:
+    "If DEFAULT_ENTRY is not within the menu entries, fall back to the first
+    entry"). The entry's last `linux` and `initrd` count; its arguments are
+    its words after the kernel's path, joined by newlines (grub_words).
+    """
+    variables, entries, odd = grub_menu(text)
+    if not entries:
+        return None, [*odd, "no menu entry"]
+    chosen = entries[0]
+    default = variables.get("default")
+    if default is not None and default.isdigit():
+        chosen = entries[int(default)] if int(default) < len(entries) else chosen
+    elif default is not None:
+        chosen = next((e for e in entries if default in (e.title, e.id)), chosen)
+    kernel = initrd = None
+    args: tuple[str, ...] = ()
+    for words in chosen.commands:
+        if words[0] == "linux" and len(words) > 1:
+            kernel, args = words[1], words[2:]
+        elif words[0] == "initrd" and len(words) == 2:
+            initrd = words[1]
+        else:
+            odd.append(f"in {chosen.title!r}: {' '.join(words)[:80]!r}")
+    if kernel is None:
+        return None, [*odd, f"menu entry {chosen.title!r} loads no kernel"]
+    return BootEntry(kernel, initrd or "", "\n".join(args), chosen.title), odd
+
+
+def grub_words(args: str) -> str:
+    """What grub_entry makes of a `linux` line's arguments (GRUB's spelling, esp.grub_args)."""
+    tokens, _odd = grub_tokens(args)
+    return "\n".join(text for is_word, text in tokens if is_word)
+
+
+def _grub_script_check(config: bytes) -> str | None:
+    """grub-script-check's complaint about a config, if that tool is installed."""
+    if shutil.which("grub-script-check") is None:
+        return None
+    result = _run(["grub-script-check"], input=config)
+    if result.returncode == 0:
+        return None
+    return "grub-script-check: " + " | ".join(
+        (result.stdout + result.stderr).decode(errors="replace").strip().splitlines()[-3:])
+
+
+def esp_view(get: Callable[[str], bytes | None], want: Expected) -> View:
+    """What an ESP boots as the firmware, shim and GRUB read it.
+
+    The firmware starts EFI/BOOT/BOOTX64.EFI (shim), shim starts grubx64.efi
+    beside it: both must be the shared root's, whole (want.loaders), or the
+    machine runs a torn binary. No shim: the firmware boots nothing from the
+    disk and goes on to the network ("none"; torn only where the partition
+    booted before the sync). Past shim there is no falling back: GRUB without
+    a config, or with no entry it can boot, stops at its prompt (torn). Then
+    EFI/BOOT/grub.cfg as grub_entry reads it, checked by grub-script-check too.
+    """
+    view = View()
+    for path, digest in want.loaders:
+        data = get(path)
+        if data is None and path == want.loaders[0][0]:
+            view.pair = "none"
+            if want.old_bootable:
+                view.problems.append(f"no {path}: the firmware boots nothing from this disk")
+            return view
+        if data is None or xxhash.xxh3_128_hexdigest(data) != digest:
+            what = "missing" if data is None else "not the shared root's (torn)"
+            view.problems.append(f"{path}: {what}")
+    if view.problems:
+        return view
+    config = get(f"/{ESP_CONFIG}")
+    if config is None:
+        view.problems.append(f"no {ESP_CONFIG}: GRUB stops at its prompt")
+        return view
+    entry, odd = grub_entry(config.decode(errors="replace"))
+    complaint = _grub_script_check(config)
+    if complaint is not None:
+        odd.append(complaint)
+    return _booted(view, get, want, entry, odd, lambda append: grub_words(grub_args(append)),
+                   nothing_is_torn=False)
 
 
 @dataclass
@@ -367,12 +632,16 @@ class Verdict:
 
 def judge(fs: str, image: Path, offset: int, size: int, want: Expected,
           scratch: Path) -> tuple[View, View, str]:
-    """(the bootloader's view, Linux's view, fsck) of the partition at offset in image."""
-    loader = view_of(Reader(fs, image, offset, scratch), want)
+    """(the bootloader's view, Linux's view, fsck) of the partition at offset in image.
+
+    fs: ext4 or vfat (extlinux), or esp (FAT read by the firmware, shim, GRUB).
+    """
+    kind = "grub" if fs == "esp" else "extlinux"
+    loader = view_of(Reader(fs, image, offset, scratch), want, kind)
     if fs == "ext4":
         linux, fsck = _linux_ext4(image, offset, size, want, scratch)
     else:
-        linux, fsck = _linux_vfat(image, offset, size, want, scratch)
+        linux, fsck = _linux_vfat(image, offset, size, want, scratch, kind)
     return loader, linux, fsck
 
 
@@ -408,8 +677,8 @@ def _linux_ext4(image: Path, offset: int, size: int, want: Expected,
     return view, fsck
 
 
-def _linux_vfat(image: Path, offset: int, size: int, want: Expected,
-                scratch: Path) -> tuple[View, str]:
+def _linux_vfat(image: Path, offset: int, size: int, want: Expected, scratch: Path,
+                kind: str = "extlinux") -> tuple[View, str]:
     """What boot-time fsck.fat -a makes of the partition (on a copy), then the pair read.
 
     FAT has no journal: Linux reads the bytes the firmware reads. What a boot
@@ -423,7 +692,7 @@ def _linux_vfat(image: Path, offset: int, size: int, want: Expected,
         dst.write(src.read(size))
     result = _run(["fsck.fat", "-a", "-w", str(copy)])
     fsck = {0: "clean", 1: "repaired"}.get(result.returncode, "broken")
-    view = view_of(Reader("vfat", copy, 0, scratch), want)
+    view = view_of(Reader("vfat", copy, 0, scratch), want, kind)
     if fsck == "broken":
         tail = result.stdout.decode(errors="replace").strip().splitlines()[-4:]
         view.problems.insert(0, f"fsck.fat -a exit {result.returncode}: " + " | ".join(tail))
@@ -519,12 +788,12 @@ def _random_file(path: Path, size: int, seed: int) -> Path:
 
 
 def _shared_root(work: Path, name: str, kernel: Path, initrd: Path) -> Path:
-
     tree = images.shared_root_tree(work / f"{name}-tree")
     shutil.copyfile(kernel, tree / "boot" / "vmlinuz")
     shutil.copyfile(initrd, tree / "boot" / "initrd.img")
     publish_manifest(tree / "boot" / "vmlinuz", tree / "boot" / "initrd.img")
-    return images.ext4_image(work / f"{name}-root.img", tree, size_mb=48,
+    pair_mib = (kernel.stat().st_size + initrd.stat().st_size) >> 20
+    return images.ext4_image(work / f"{name}-root.img", tree, size_mb=48 + pair_mib,
                              label=cluster.ROOT_LABEL, uuid=cluster.ROOT_UUID)
 
 
@@ -552,28 +821,47 @@ def _boot_node2(kernel: Path, ramdisk: Path, shared: Path, disk: Path, console: 
     return env
 
 
+Pairs = tuple[tuple[Path, Path], tuple[Path, Path]]
+
+
 def record(fs: str, work: Path, kernel: Path, ramdisk: Path, *, start: str = "synced",
-           timeout: float = 300.0) -> Recording:
+           pairs: Pairs | None = None, timeout: float = 300.0) -> Recording:
     """Boot node 2 once against a new pair and record every write to its boot disk.
 
-    The pairs are random bytes (the sync never boots them): the old one a
-    1.4 MiB "kernel" and a 2.2 MiB "ramdisk", the new one 1.5 and 2.5 MiB.
+    fs: ext4 or vfat (extlinux), or esp: an EFI System Partition as lilo.ssi
+    --provision --fs esp makes it, into which the agent installs shim and GRUB
+    from the shared root (images.shared_root_tree carries the host's) beside
+    the pair and EFI/BOOT/grub.cfg. Node 2 boots with -kernel under SeaBIOS all
+    the same: the agent keeps a partition with an EFI directory as an ESP.
+    pairs: (old, new) (kernel, ramdisk) files; by default random bytes (the
+    sync never boots them): the old one a 1.4 MiB "kernel" and a 2.2 MiB
+    "ramdisk", the new one 1.5 and 2.5 MiB. Real pairs make the cut disks
+    bootable (test_crash_states boots ESP states under OVMF); the disk grows
+    to hold both.
     start: what the partition holds before the recorded boot:
       synced  the old pair, put there by the agent itself (a priming boot);
       first   nothing (provisioned, never synced);
       legacy  the old pair in the layout of ssi-boot before slots
-              (extlinux.conf naming ssi/vmlinuz-<hash>; written from the host).
+              (extlinux.conf naming ssi/vmlinuz-<hash>; written from the host;
+              not for esp, which had no layout before the slots).
     """
 
+    if fs == "esp" and start == "legacy":
+        raise ValueError("an ESP has no layout before the slots")
     work.mkdir(parents=True, exist_ok=True)
-    old = (_random_file(work / "old-vmlinuz", 1400 * 1024, 1),
-           _random_file(work / "old-initrd.img", 2200 * 1024, 2))
-    new = (_random_file(work / "new-vmlinuz", 1500 * 1024, 3),
-           _random_file(work / "new-initrd.img", 2500 * 1024, 4))
+    if pairs is None:
+        pairs = ((_random_file(work / "old-vmlinuz", 1400 * 1024, 1),
+                  _random_file(work / "old-initrd.img", 2200 * 1024, 2)),
+                 (_random_file(work / "new-vmlinuz", 1500 * 1024, 3),
+                  _random_file(work / "new-initrd.img", 2500 * 1024, 4)))
+    old, new = pairs
     append = local_append(console_args([APPEND_ROOT]))
     base = work / f"{fs}-{start}-base.img"
     base.unlink(missing_ok=True)
-    done = provision(base, fs=fs, size_mib=DISK_MIB, label=cluster.BOOT_LABEL)
+    # Both pairs side by side at the commit, the loaders, FAT's own room.
+    both_mib = sum(p.stat().st_size for p in (*old, *new)) >> 20
+    done = provision(base, fs=fs, size_mib=max(DISK_MIB, both_mib + 24),
+                     label=cluster.BOOT_LABEL)
     if start == "synced":
         env = _boot_node2(kernel, ramdisk, _shared_root(work, "old", *old), base,
                           work / f"{fs}-{start}-priming.log", None, timeout)
@@ -594,8 +882,17 @@ def record(fs: str, work: Path, kernel: Path, ramdisk: Path, *, start: str = "sy
                              f"({console})")
     hashes = [xxhash.xxh3_128_hexdigest(p.read_bytes()) for p in (*old, *new)]
     want = Expected((hashes[0], hashes[1]), (hashes[2], hashes[3]), append, append,
-                    old_bootable=start != "first")
+                    old_bootable=start != "first",
+                    loaders=esp_loaders() if fs == "esp" else ())
     return Recording(fs, base, log, done.start, done.size, want, console)
+
+
+def esp_loaders() -> tuple[tuple[str, str], ...]:
+    """(path on the ESP, xxh3_128) of shim, then GRUB: the host's files at Debian's paths,
+    which images.shared_root_tree copies into every shared root."""
+    found = {target: xxhash.xxh3_128_hexdigest(Path(src).read_bytes())
+             for target, src, required in ESP_LOADERS if required}
+    return tuple(sorted(found.items(), key=lambda item: not item[0].endswith("BOOTX64.EFI")))
 
 
 def legacy_config(kernel: str, initrd: str, sizes: tuple[int, int], append: str) -> bytes:
