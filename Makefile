@@ -81,7 +81,7 @@ bench: deps bench-deps venv kernel ## benchmarks; figures go in the README
 	$(PY) bench/bench_ssitab_1m.py
 	$(PY) bench/bench_storm.py
 
-powercut: deps venv kernel ## root: every crash state of a sync (ext4, vfat), then 200 power cuts mid-sync under QEMU (CUTS=N, SEED=S)
+powercut: deps venv kernel ## root: every crash state of a sync (ext4, vfat, ESP), then 200 power cuts mid-sync under QEMU (CUTS=N, SEED=S)
 	$(PY) bench/bench_powercut.py --cuts $${CUTS:-200} $${SEED:+--seed $$SEED}
 
 clean: ## remove the virtualenv and caches (kernel included)

@@ -1,9 +1,11 @@
 """Power cuts during the local boot partition's sync: every crash state, then random cuts.
 
-`make powercut`. First the enumeration (vm_tests/crashstates.py): for ext4 and FAT,
-and for a partition synced before, one never synced and one of the layout before the
-slots, one sync is recorded write by write under QEMU and every state a power cut can
-leave is judged as the bootloader reads it and as Linux does: "N states, K torn".
+`make powercut`. First the enumeration (vm_tests/crashstates.py): for ext4 and FAT
+(extlinux) and an EFI System Partition (shim, GRUB), and for a partition synced
+before, one never synced and (extlinux) one of the layout before the slots, one sync
+is recorded write by write under QEMU and every state a power cut can leave is judged
+as the bootloader reads it (syslinux; the firmware, shim and GRUB on the ESP) and as
+Linux does: "N states, K torn".
 
 Then the random cuts. Each cut boots node 2 (local boot flag) under QEMU with a
 stale boot partition and a shared root holding the real kernel and a 64 MiB ramdisk,
@@ -15,6 +17,7 @@ vm_tests/powercut.py.
     sudo .venv/bin/python bench/bench_powercut.py                  # all states, 200 cuts
     sudo .venv/bin/python bench/bench_powercut.py --cuts 20 --seed 1234
     sudo .venv/bin/python bench/bench_powercut.py --cuts 0          # the states only
+    sudo .venv/bin/python bench/bench_powercut.py --cuts 0 --fs esp # the ESP's states only
     sudo .venv/bin/python bench/bench_powercut.py --no-states      # the cuts only
 
 Prints one line per cut (its delay after SYNC began, what fsck and the bootloader
@@ -39,14 +42,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vm_tests import crashstates, powercut
 from vm_tests.kernel import kernel as cached_kernel
 
+FILESYSTEMS = ("ext4", "vfat", "esp")
 STARTS = ("synced", "first", "legacy")
 
 
-def enumerate_all(work: Path, kernel: Path, ramdisk: Path, seed: int) -> int:
+def enumerate_all(work: Path, kernel: Path, ramdisk: Path, seed: int,
+                  filesystems: tuple[str, ...] = FILESYSTEMS) -> int:
     """Every crash state of one sync per filesystem and start; the number of torn states."""
     torn = 0
-    for fs in ("ext4", "vfat"):
-        for start in STARTS:
+    for fs in filesystems:
+        # An ESP had no layout before the slots: it was never kept by an older ssi-boot.
+        for start in STARTS if fs != "esp" else STARTS[:2]:
             started = time.monotonic()
             rec = crashstates.record(fs, work / f"states-{fs}-{start}", kernel, ramdisk,
                                      start=start)
@@ -78,6 +84,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="write every cut here as JSON")
     parser.add_argument("--no-states", dest="states", action="store_false",
                         help="skip the enumeration of crash states")
+    parser.add_argument("--fs", action="append", choices=FILESYSTEMS, default=None,
+                        help="enumerate the states of this filesystem only (repeatable; "
+                        "default: all)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root: loop devices to check the disk images", file=sys.stderr)
@@ -88,7 +97,8 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="ssi-powercut-"))
     started = time.monotonic()
     kernel, ramdisk = powercut.build_ramdisk(cached_kernel(), work)
-    states_torn = enumerate_all(work, kernel, ramdisk, seed) if args.states else 0
+    states_torn = enumerate_all(work, kernel, ramdisk, seed,
+                                tuple(args.fs or FILESYSTEMS)) if args.states else 0
     if args.cuts == 0:
         print(f"{(time.monotonic() - started) / 60:.1f} min; seed {seed}")
         if not states_torn and args.work is None:

@@ -762,6 +762,49 @@ def enumerate_states(fs: str, base: Path, log: Path, offset: int, size: int, wan
                        sum(e.is_flush for e in entries))
 
 
+def around_commit(fs: str, base: Path, log: Path, offset: int, size: int, want: Expected,
+                  work: Path) -> tuple[tuple[State, View, Path], tuple[State, View, Path]]:
+    """The two prefixes of the log on either side of the commit, each with the bootloader's
+    view and its disk image: the last the bootloader reads as the old pair (the new one
+    complete beside it) and the first it reads as the new (the old one not yet removed).
+
+    Found by bisection over the prefixes (the view of a prefix is old until the commit
+    write, new from it on): a handful of states judged, not the whole log.
+    """
+    writes = [e for e in read_log(log) if e.is_write]
+    scratch = work / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    image = Image(base, work / "bisect.img")
+
+    def prefix(n: int) -> State:
+        return State(f"prefix {n}", tuple(writes[:n]), last_seq=writes[n - 1].seq if n else 0)
+
+    def judged(n: int) -> View:
+        path = image.move_to(prefix(n))
+        return view_of(Reader(fs, path, offset, scratch), want,
+                       "grub" if fs == "esp" else "extlinux")
+
+    try:
+        if judged(0).pair != "old" or judged(len(writes)).pair != "new":
+            raise AssertionError(f"{log}: the log does not lead from the old pair to the new")
+        lo, hi = 0, len(writes)  # lo reads old, hi reads new
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            pair = judged(mid).pair
+            if pair not in ("old", "new"):
+                raise AssertionError(f"prefix {mid} reads {pair!r}")
+            lo, hi = (mid, hi) if pair == "old" else (lo, mid)
+        out = []
+        for n in (lo, hi):
+            view = judged(n)
+            copy = work / f"prefix-{n}.img"
+            shutil.copyfile(image.path, copy)
+            out.append((prefix(n), view, copy))
+    finally:
+        image.close()
+    return out[0], out[1]
+
+
 # ---------------------------------------------------------------- recording one sync
 
 
