@@ -1,6 +1,8 @@
-"""Power-on to joined for N = 1, 2, 4, 8 PXE nodes booting at once from one server.
+"""Power-on to joined for N = 1, 2, 4, 8 PXE nodes booting at once from one server,
+and for UEFI nodes (OVMF's PXE, shim, GRUB; Secure Boot off and on) beside them.
 
     .venv/bin/python bench/bench_pxe.py [--nodes 1,2,4,8] [--repeats 3] [--keep DIR]
+        [--uefi uefi,uefi-sb] [--uefi-nodes 1]
 
 Root needed. One private boot network for the whole run (its own namespace,
 bridge, real ISC dhcpd on mkdhcpd.ssi's output, real tftpd-hpa on lilo.ssi's
@@ -10,11 +12,17 @@ QEMU's iPXE ROM; `joined` is when the shared root's init prints the agent's
 node.env (SSI-NODE-ENV-BEGIN) on that node's console. Rounds are interleaved
 (1, 2, 4, 8, 1, 2, ...) so that load drift spreads over every N. The anchor
 is N = 1 in the same run: the report gives each N's median and max against it.
+UEFI rounds (--uefi-nodes machines each, 1 by default) are interleaved with
+them: OVMF with no option ROM on the NIC, so its own PXE runs, DHCP hands it
+shim by option 93 (mkdhcpd.ssi), shim fetches Debian's signed GRUB, GRUB reads
+lilo.ssi's grub.cfg and loads the same pair over TFTP.
 
 Where one boot's time goes, from timestamps on both sides:
 - the console, read every 50 ms and stamped on the host: SeaBIOS's serial
   console (-machine graphics=off) carries iPXE's own output (DHCP done, each
-  file fetched), the agent prints its start and switch_root, the init joins;
+  file fetched); OVMF's carries its PXE (its address, the boot file name and
+  download), shim's fetch of GRUB, GRUB's banner and grub.cfg's echo; the
+  agent prints its start and switch_root, the init joins;
 - the guest's own clock: the init prints its uptime and the kernel's "Run
   /init" stamp, so kernel start on the host clock is `joined - uptime`;
 - the servers: dhcpd's log lines stamped as they appear, and tftpd's RRQ
@@ -47,7 +55,16 @@ from mkinitrd_ssi.run import run  # noqa: E402
 from vm_tests import cluster, images  # noqa: E402
 from vm_tests.kernel import Kernel, kernel  # noqa: E402
 from vm_tests.pxe import PxeNet, Syslog, pxe_network  # noqa: E402
-from vm_tests.qemu import ENV_BEGIN, ENV_END, INIT_MARKER, Disk, Nic, Vm, VmConfig  # noqa: E402
+from vm_tests.qemu import (  # noqa: E402
+    ENV_BEGIN,
+    ENV_END,
+    INIT_MARKER,
+    Disk,
+    Nic,
+    Uefi,
+    Vm,
+    VmConfig,
+)
 
 MAX_NODES = 8
 CMDLINE = f"root=LABEL={cluster.ROOT_LABEL} console=ttyS0 panic=-1 quiet"
@@ -65,18 +82,37 @@ echo "{ENV_BEGIN}"
 echo "{ENV_END}"
 /bin/busybox poweroff -f
 """
-# Console milestones, in boot order; the first match of each is stamped.
+# What a round boots: the label in the report. BIOS machines use QEMU's iPXE ROM;
+# UEFI ones OVMF (vm_tests.qemu.Uefi), Secure Boot with Microsoft's keys enrolled.
+FIRMWARES = {
+    "bios": "BIOS (SeaBIOS, iPXE ROM)",
+    "uefi": "UEFI (OVMF PXE, shim, GRUB)",
+    "uefi-sb": "UEFI, Secure Boot on",
+}
+# Console milestones, in boot order; the first match of each is stamped. iPXE's and
+# OVMF's never both appear on one console.
 MILESTONES = {
     "dhcp_start": r"Configuring \(net0 ",
     "dhcp_ok": r"Configuring \(net0 [^)]*\)[. ]*ok",
     "kernel_ok": r"vmlinuz\.\.\.[ 0-9%\x08]*ok",
     "initrd_ok": r"initrd\.img\.\.\.[ 0-9%\x08]*ok",
+    "pxe_start": r">>Start PXE over IPv4",
+    "station_ip": r"Station IP address is",
+    "nbp_ok": r"NBP file downloaded successfully",
+    "grub": r"Welcome to GRUB!",
+    "grub_cfg": r"lilo\.ssi: booting",
     "agent": r"linuxrc: ssi-boot agent on kernel \S+, ([0-9.]+) s after kernel start",
     "switch": r"linuxrc: switching to \S+ on \S+ after ([0-9.]+) s",
     "joined": ENV_BEGIN,
 }
 # Phases of one boot: (name, from, to) on the host clock, seconds.
-PHASES = (
+LINUX_PHASES = (
+    ("kernel start to exec of /init", "kernel_start", "run_init"),
+    ("/init to the agent's main (unpacked, frozen Python started)", "run_init", "agent"),
+    ("agent main to switch_root", "agent", "switch"),
+    ("switch_root to joined (init prints node.env)", "switch", "joined"),
+)
+BIOS_PHASES = (
     ("firmware (SeaBIOS, iPXE start, its 2 Ctrl-B prompts)", "power_on", "dhcp_start"),
     ("DHCP: iPXE's DISCOVER to dhcpd's ACK", "dhcp_start", "dhcp_ack"),
     ("iPXE still configuring after the ACK (IPv6 router solicitation)", "dhcp_ack",
@@ -84,10 +120,23 @@ PHASES = (
     ("TFTP: script + kernel", "dhcp_ok", "kernel_ok"),
     ("TFTP: ramdisk", "kernel_ok", "initrd_ok"),
     ("iPXE hand-over to kernel start", "initrd_ok", "kernel_start"),
-    ("kernel start to exec of /init", "kernel_start", "run_init"),
-    ("/init to the agent's main (unpacked, frozen Python started)", "run_init", "agent"),
-    ("agent main to switch_root", "agent", "switch"),
-    ("switch_root to joined (init prints node.env)", "switch", "joined"),
+    *LINUX_PHASES,
+)
+# Two splits come from tftpd's log: shim prints nothing between its start and GRUB's
+# banner, and GRUB nothing between grub.cfg's echo and the kernel, but asks for the
+# ramdisk once the kernel is in (and, with Secure Boot, checked).
+UEFI_PHASES = (
+    ("firmware (OVMF to its PXE start)", "power_on", "pxe_start"),
+    ("OVMF PXE: DHCP", "pxe_start", "station_ip"),
+    ("OVMF PXE: shim over TFTP (\"NBP filename is shimx64.efi\" to downloaded)",
+     "station_ip", "nbp_ok"),
+    ("shim: started, asks for its revocation lists, then for GRUB", "nbp_ok", "rrq_grub"),
+    ("shim: GRUB over TFTP, checked, started (\"Welcome to GRUB!\")", "rrq_grub",
+     "grub"),
+    ("GRUB: grub.cfg looked up and read (\"lilo.ssi: booting\")", "grub", "grub_cfg"),
+    ("GRUB: kernel over TFTP (to its ramdisk request)", "grub_cfg", "rrq_initrd"),
+    ("GRUB: ramdisk over TFTP, hand-over to kernel start", "rrq_initrd", "kernel_start"),
+    *LINUX_PHASES,
 )
 
 
@@ -126,6 +175,7 @@ class Node:
     vm: Vm
     tap: str
     t0: float  # power-on, host monotonic
+    firmware: str = "bios"  # a key of FIRMWARES
     stamps: dict[str, float] = field(default_factory=dict)  # milestone -> seconds after t0
     values: dict[str, float] = field(default_factory=dict)  # numbers the console printed
 
@@ -185,18 +235,23 @@ def finish(node: Node) -> None:
 
 
 def boot_round(net: PxeNet, n: int, disk: Path, logs: Path, tag: str,
-               timeout: float) -> tuple[list[Node], list[tuple[float, str]], float]:
+               timeout: float, firmware: str = "bios"
+               ) -> tuple[list[Node], list[tuple[float, str]], float]:
     nodes: list[Node] = []
     load = os.getloadavg()[0]
     try:
         for i in range(1, n + 1):
             tap = net.netns.add_tap(net.bridge)
+            # graphics=off puts SeaBIOS (and iPXE through it) on the serial console;
+            # OVMF writes there anyway, and its machine type is q35 (Uefi.argv).
+            uefi = None if firmware == "bios" else \
+                Uefi.fresh(logs / f"{tag}-node{i}-vars.fd", secure_boot=firmware == "uefi-sb")
             config = VmConfig(nics=[Nic(mac(i), netdev=f"tap,ifname={tap},script=no,"
                                     "downscript=no")], netboot=True, netns=net.ns,
-                              disks=[Disk(disk, extra=",snapshot=on")],
-                              extra=["-machine", "graphics=off"])
+                              disks=[Disk(disk, extra=",snapshot=on")], uefi=uefi,
+                              extra=["-machine", "graphics=off"] if uefi is None else [])
             vm = Vm(config, logs / f"{tag}-node{i}.log")
-            nodes.append(Node(i, vm, tap, vm.started))
+            nodes.append(Node(i, vm, tap, vm.started, firmware))
         dhcp = watch(nodes, net.workdir / "dhcpd.log", timeout)
         for node in nodes:
             finish(node)
@@ -221,6 +276,23 @@ class Round:
     dhcp: list[tuple[float, str]]
     tftp: list[tuple[float, str]]
     load: float
+    firmware: str = "bios"
+
+
+RRQ = re.compile(r"RRQ from (\S+) filename (\S+)")
+# Stamped from tftpd's log: each node's first request for these files.
+REQUESTS = {"rrq_grub": "grubx64.efi", "rrq_initrd": "initrd.img"}
+
+
+def stamp_requests(r: Round) -> None:
+    for node in r.nodes:
+        ip = f"10.77.0.{100 + node.index}"
+        for stamp, name in REQUESTS.items():
+            first = next((t for t, line in r.tftp if (x := RRQ.search(line)) is not None
+                          and x.group(1) == ip and x.group(2).rsplit("/", 1)[-1] == name),
+                         None)
+            if first is not None:
+                node.stamps[stamp] = first - node.t0
 
 
 def med(values: list[float]) -> float:
@@ -231,26 +303,31 @@ def round_joined(r: Round) -> list[float]:
     return [j for node in r.nodes if (j := node.joined()) is not None]
 
 
-def joined_times(rounds: list[Round], n: int) -> list[float]:
-    return [j for r in rounds if r.n == n for node in r.nodes if (j := node.joined()) is not None]
+def joined_times(rounds: list[Round], n: int, firmware: str = "bios") -> list[float]:
+    return [j for r in rounds if (r.n, r.firmware) == (n, firmware) for node in r.nodes
+            if (j := node.joined()) is not None]
 
 
-def phase_table(rounds: list[Round], ns: list[int]) -> list[str]:
-    head = "| phase | " + " | ".join(f"N={n}" for n in ns) + " |"
-    out = [head, "|---|" + "---|" * len(ns)]
-    for name, a, b in PHASES:
+def phase_table(rounds: list[Round], phases: tuple[tuple[str, str, str], ...],
+                columns: list[tuple[str, int]]) -> list[str]:
+    """Median seconds of each phase, a column for each (firmware, N)."""
+    bios_only = {f for f, _ in columns} == {"bios"}
+    out = ["| phase | " + " | ".join(f"N={n}" if bios_only else f"{f}, N={n}"
+                                     for f, n in columns) + " |",
+           "|---|" + "---|" * len(columns)]
+    for name, a, b in phases:
         cells = []
-        for n in ns:
-            spans = [node.stamps[b] - node.stamps[a] for r in rounds if r.n == n
+        for firmware, n in columns:
+            spans = [node.stamps[b] - node.stamps[a] for r in rounds
+                     if (r.n, r.firmware) == (n, firmware)
                      for node in r.nodes if a in node.stamps and b in node.stamps]
             cells.append(f"{med(spans):.2f}" if spans else "-")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return out
 
 
-def server_view(rounds: list[Round], n: int) -> list[str]:
-    """dhcpd and tftpd as the server saw the first round of n nodes (seconds after power-on)."""
-    r = next(r for r in rounds if r.n == n)
+def server_view(r: Round) -> list[str]:
+    """dhcpd and tftpd as the server saw round r (seconds after power-on)."""
     t0 = min(node.t0 for node in r.nodes)
     out = []
     for node in r.nodes:
@@ -258,7 +335,7 @@ def server_view(rounds: list[Round], n: int) -> list[str]:
         disc = [t - t0 for t, line in r.dhcp if f"DHCPDISCOVER from {m}" in line]
         acks = [t - t0 for t, line in r.dhcp if f"DHCPACK on {ip} to {m}" in line]
         rrqs = [(t - t0, f) for t, line in r.tftp
-                if (x := re.search(r"RRQ from (\S+) filename (\S+)", line)) and x.group(1) == ip
+                if (x := RRQ.search(line)) and x.group(1) == ip
                 for f in [x.group(2).rsplit("/", 1)[-1]]]
         parts = [f"DISCOVER {disc[0]:.1f}" if disc else "no DISCOVER seen",
                  f"ACKs {', '.join(f'{a:.1f}' for a in acks)}" if acks else "no ACK seen"]
@@ -267,8 +344,10 @@ def server_view(rounds: list[Round], n: int) -> list[str]:
     return out
 
 
-def report(rounds: list[Round], ns: list[int], k: Kernel, initrd: Path,
-           loads: list[float], args: argparse.Namespace) -> str:
+def report(all_rounds: list[Round], ns: list[int], uefi: list[str], uefi_ns: list[int],
+           k: Kernel, initrd: Path, args: argparse.Namespace) -> str:
+    rounds = [r for r in all_rounds if r.firmware == "bios"]
+    loads = [r.load for r in all_rounds]
     base = joined_times(rounds, ns[0])
     base_med = med(base)
     out = [f"Kernel {k.kver} ({k.vmlinuz.stat().st_size / 1e6:.1f} MB), ramdisk "
@@ -280,6 +359,7 @@ def report(rounds: list[Round], ns: list[int], k: Kernel, initrd: Path,
            f"Machine load (1-min average at each round's start): {min(loads):.1f}-"
            f"{max(loads):.1f}, median {med(loads):.1f}. {args.repeats} round(s) per N, "
            f"interleaved; medians and max over every node of every round.", "",
+           "BIOS:", "",
            f"| N | nodes | joined: median | max | min | median / N={ns[0]} | max / N={ns[0]} "
            f"| per round (median, max) |", "|---|---|---|---|---|---|---|---|"]
     for n in ns:
@@ -290,7 +370,8 @@ def report(rounds: list[Round], ns: list[int], k: Kernel, initrd: Path,
                    f"{min(times):.1f} s | {med(times) / base_med:.2f} | "
                    f"{max(times) / base_med:.2f} | {per} |")
     out += ["", "Where one boot's time goes (median seconds per node, host clock; kernel "
-            "start = joined - the guest's uptime at joined):", "", *phase_table(rounds, ns)]
+            "start = joined - the guest's uptime at joined):", "",
+            *phase_table(rounds, BIOS_PHASES, [("bios", n) for n in ns])]
     kernel_mb = k.vmlinuz.stat().st_size / 1e6
     ramdisk_mb = initrd.stat().st_size / 1e6
     for n in ns:
@@ -305,8 +386,50 @@ def report(rounds: list[Round], ns: list[int], k: Kernel, initrd: Path,
                        f"(with the script) {kernel_mb / med(kspans):.1f} MB/s per node, "
                        f"{n * ramdisk_mb / med(spans):.1f} MB/s for all {n}")
     out += ["", f"The server's view of the first N={ns[-1]} round (s after power-on):",
-            *server_view(rounds, ns[-1])]
+            *server_view(next(r for r in rounds if r.n == ns[-1]))]
+    if uefi:
+        # initrd is ROOT/boot/initrd-ssi.img; lilo.ssi published GRUB in ROOT/tftpboot.
+        sizes = {"grub": (initrd.parent.parent / "tftpboot/grubx64.efi").stat().st_size / 1e6,
+                 "kernel": kernel_mb}
+        out += ["", *uefi_report(all_rounds, ns, uefi, uefi_ns, sizes, base_med)]
     return "\n".join(out)
+
+
+def uefi_report(rounds: list[Round], ns: list[int], uefi: list[str], uefi_ns: list[int],
+                sizes: dict[str, float], base_med: float) -> list[str]:
+    """Power-on to joined by firmware, the same N side by side, and the UEFI phases."""
+    out = [f"UEFI beside BIOS, same run (OVMF, no NIC option ROM; median / BIOS N={ns[0]}):",
+           "", "| firmware | N | nodes | joined: median | max | min | median / BIOS |",
+           "|---|---|---|---|---|---|---|"]
+    for n in uefi_ns:
+        for firmware in ["bios", *uefi] if n in ns else uefi:
+            times = joined_times(rounds, n, firmware)
+            out.append(f"| {FIRMWARES[firmware]} | {n} | {len(times)} | {med(times):.1f} s | "
+                       f"{max(times):.1f} s | {min(times):.1f} s | "
+                       f"{med(times) / base_med:.2f} |")
+    columns = [(f, n) for f in uefi for n in uefi_ns]
+    out += ["", "Where a UEFI boot's time goes (median seconds per node; the requests for "
+            "GRUB and the ramdisk from tftpd's log):", "",
+            *phase_table(rounds, UEFI_PHASES, columns)]
+    # Each transfer with what follows it before the next marker (a check, a start).
+    transfers = (("shim", "grub", "rrq_grub", "grub"), ("GRUB", "kernel", "grub_cfg",
+                                                        "rrq_initrd"))
+    for firmware, n in columns:
+        rates = []
+        for loader, what, a, b in transfers:
+            spans = [node.stamps[b] - node.stamps[a] for r in rounds
+                     if (r.n, r.firmware) == (n, firmware) for node in r.nodes
+                     if a in node.stamps and b in node.stamps]
+            if spans:
+                rates.append(f"{loader} fetched {what} ({sizes[what]:.1f} MB) at "
+                             f"{sizes[what] / med(spans):.2f} MB/s")
+        out.append(f"- TFTP, {firmware} N={n}: " + "; ".join(rates)
+                   + " (each span ends at the next marker: with the signature check)")
+    for firmware in uefi:
+        first = next(r for r in rounds if r.firmware == firmware)
+        out += ["", f"The server's view of the first {firmware} N={first.n} round:",
+                *server_view(first)]
+    return out
 
 
 def admin_tree(base: Path, k: Kernel, no_proxy_wait: bool = False) -> tuple[Path, Path]:
@@ -340,12 +463,21 @@ def main() -> int:
     parser.add_argument("--no-proxy-wait", action="store_true",
                         help="dhcpd tells iPXE not to wait for ProxyDHCP offers "
                         "(option ipxe.no-pxedhcp)")
+    parser.add_argument("--uefi", default="uefi,uefi-sb",
+                        help="UEFI rounds besides the BIOS ones: uefi (Secure Boot off), "
+                        "uefi-sb (on); '' for none (default uefi,uefi-sb)")
+    parser.add_argument("--uefi-nodes", default="1",
+                        help="the N values of the UEFI rounds (default 1)")
     args = parser.parse_args()
     ns = sorted({int(x) for x in args.nodes.split(",")})
+    uefi = [f for f in FIRMWARES if f != "bios" and f in args.uefi.split(",")]
+    if set(filter(None, args.uefi.split(","))) - set(uefi):
+        parser.error("--uefi: the kinds are " + ", ".join(f for f in FIRMWARES if f != "bios"))
+    uefi_ns = sorted({int(x) for x in args.uefi_nodes.split(",")})
     if os.geteuid() != 0:
         print("bench_pxe: needs root (namespace, taps)", file=sys.stderr)
         return 1
-    if max(ns) > MAX_NODES or min(ns) < 1:
+    if max(ns + uefi_ns) > MAX_NODES or min(ns + uefi_ns) < 1:
         parser.error(f"N must be 1..{MAX_NODES}")
     # A plain kill must still run the cleanup (VMs, namespace, servers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -363,16 +495,19 @@ def main() -> int:
         with boot_network(work, root / "etc/dhcpd.conf", root / "tftpboot",
                           args.router_adverts) as (net, syslog):
             for rep in range(args.repeats):
-                for n in ns:
+                for firmware, n in [("bios", n) for n in ns] + \
+                        [(f, n) for f in uefi for n in uefi_ns]:
                     seen = len(syslog.lines)
-                    nodes, dhcp, load = boot_round(net, n, disk, logs, f"n{n}-r{rep}",
-                                                   args.timeout)
-                    rounds.append(Round(n, nodes, dhcp, syslog.lines[seen:], load))
+                    nodes, dhcp, load = boot_round(net, n, disk, logs,
+                                                   f"{firmware}-n{n}-r{rep}", args.timeout,
+                                                   firmware)
+                    rounds.append(Round(n, nodes, dhcp, syslog.lines[seen:], load, firmware))
+                    stamp_requests(rounds[-1])
                     js = [j for node in nodes if (j := node.joined()) is not None]
-                    print(f"round {rep + 1}/{args.repeats} N={n}: joined median "
+                    print(f"round {rep + 1}/{args.repeats} {firmware} N={n}: joined median "
                           f"{med(js):.1f} s, max {max(js):.1f} s (load {load:.1f})",
                           file=sys.stderr)
-        text = report(rounds, ns, k, initrd, [r.load for r in rounds], args)
+        text = report(rounds, ns, uefi, uefi_ns, k, initrd, args)
         print(text)
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
