@@ -60,7 +60,8 @@ def enumerate_all(work: Path, kernel: Path, ramdisk: Path, seed: int,
                 fs, rec.base, rec.log, rec.offset, rec.size, rec.want,
                 work / f"states-{fs}-{start}" / "states", seed=seed, subsets_per_epoch=64,
                 exhaustive=6, torn=3,
-                report=lambda v: print(v.line(), flush=True) if v.torn else None)
+                report=lambda v: print(v.line(), flush=True)
+                if v.torn or v.loader.notes or v.linux.notes else None)
             counts = "; ".join(f"{k} " + ", ".join(f"{a}: {b}" for a, b in c.items())
                                for k, c in found.counts().items())
             print(f"{start:6s} {found.summary()} [{counts}] "

@@ -12,11 +12,11 @@ SSI_CRASH_STATES (default 40) per filesystem, SSI_CRASH_SEED (default: the
 clock) choose it; the seed is printed.
 
 The ESP's recording syncs real pairs (the test kernel with the test ramdisk,
-then with a ramdisk one cpio member longer), so that its states boot: the two
-on either side of the commit (the last the GRUB view reads as the old pair, the
-first it reads as the new) are booted under OVMF from the disk alone, and GRUB
-must boot the entry the view predicted and the node join. The same recording
-serves the sample.
+then with that ramdisk padded by a cpio member to the next MiB), so that its
+states boot: the two on either side of the commit (the last the GRUB view reads
+as the old pair, the first it reads as the new) are booted at once under OVMF
+from the disk alone, and GRUB must boot the entry the view predicted and the
+node join. The same recording serves the sample.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: loop devi
 @pytest.fixture(scope="module")
 def esp_recording(kernel: Kernel, ramdisk: Path,
                   tmp_path_factory: pytest.TempPathFactory) -> crashstates.Recording:
-    """One ESP sync from (kernel, ramdisk) to (kernel, a ramdisk 1 MiB longer), recorded."""
+    """One ESP sync from (kernel, ramdisk) to (kernel, the ramdisk padded to the next MiB)."""
     if not all(Path(src).is_file() for _t, src, required in crashstates.ESP_LOADERS
                if required):
         pytest.skip("shim-signed or grub-efi-amd64-signed not installed (make deps)")

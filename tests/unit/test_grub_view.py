@@ -127,13 +127,16 @@ def esp(slot: str = "b", **changes: bytes | None) -> dict[str, bytes]:
 def test_the_firmware_view_shim_then_grub_then_the_config() -> None:
     assert (v := esp_view(esp("b").get, want())).pair == "new" and not v.problems
     assert (v := esp_view(esp("a").get, want())).pair == "old" and v.entry == "ssi-a"
-    # No shim: the firmware goes on to the network; harm only if the disk booted before.
-    assert esp_view(esp(shim=None).get, want(old_bootable=False)).problems == []
-    assert esp_view(esp(shim=None).get, want()).problems
-    # A torn shim, GRUB missing, no config: past shim nothing falls back.
-    for changes in ({"shim": FILES["shim"][:-1]}, {"grub": None}, {"config": None}):
+    # No shim, or a loader not whole: the firmware (or shim) loads nothing and goes on to
+    # the network; harm only where the disk booted before the sync (else only noted).
+    for changes in ({"shim": None}, {"shim": b""}, {"shim": FILES["shim"][:-1]},
+                    {"grub": None}, {"grub": b""}):
         view = esp_view(esp(**changes).get, want(old_bootable=False))  # type: ignore[arg-type]
-        assert view.problems, changes
+        assert (view.pair, view.problems) == ("none", []) and view.notes, changes
+        view = esp_view(esp(**changes).get, want())  # type: ignore[arg-type]
+        assert view.problems and not view.notes, changes
+    # Past whole loaders nothing falls back: GRUB without its config stops at its prompt.
+    assert esp_view(esp(config=None).get, want(old_bootable=False)).problems
     # The entry's arguments must be the pair's.
     other = GRUB_ESP.render(local("b", "k2", "i2", APPEND + " extra"), "b")
     assert esp_view(esp(config=other).get, want()).problems
