@@ -333,11 +333,14 @@ def server_view(r: Round) -> list[str]:
     for node in r.nodes:
         m, ip = mac(node.index), f"10.77.0.{100 + node.index}"
         disc = [t - t0 for t, line in r.dhcp if f"DHCPDISCOVER from {m}" in line]
+        # The client's REQUEST after dhcpd's OFFER: how long the firmware collected offers.
+        reqs = [t - t0 for t, line in r.dhcp if f"DHCPREQUEST for {ip}" in line and m in line]
         acks = [t - t0 for t, line in r.dhcp if f"DHCPACK on {ip} to {m}" in line]
         rrqs = [(t - t0, f) for t, line in r.tftp
                 if (x := RRQ.search(line)) and x.group(1) == ip
                 for f in [x.group(2).rsplit("/", 1)[-1]]]
         parts = [f"DISCOVER {disc[0]:.1f}" if disc else "no DISCOVER seen",
+                 f"REQUEST {reqs[0]:.1f}" if reqs else "no REQUEST seen",
                  f"ACKs {', '.join(f'{a:.1f}' for a in acks)}" if acks else "no ACK seen"]
         parts += [f"RRQ {f} {t:.1f}" for t, f in rrqs]
         out.append(f"- node {node.index}: " + "; ".join(parts))
