@@ -2,10 +2,11 @@
 
 `make powercut`. First the enumeration (vm_tests/crashstates.py): for ext4 and FAT
 (extlinux) and an EFI System Partition (shim, GRUB), and for a partition synced
-before, one never synced and (extlinux) one of the layout before the slots, one sync
-is recorded write by write under QEMU and every state a power cut can leave is judged
-as the bootloader reads it (syslinux; the firmware, shim and GRUB on the ESP) and as
-Linux does: "N states, K torn".
+before, one never synced and one of the layout before the slots (extlinux) or one
+whose shim and GRUB an update replaces (ESP), one sync is recorded write by write
+under QEMU and every state a power cut can leave is judged as the bootloader reads
+it (syslinux; the firmware, shim and GRUB on the ESP) and as Linux does: "N states,
+K torn".
 
 Then the random cuts. Each cut boots node 2 (local boot flag) under QEMU with a
 stale boot partition and a shared root holding the real kernel and a 64 MiB ramdisk,
@@ -44,6 +45,9 @@ from vm_tests.kernel import kernel as cached_kernel
 
 FILESYSTEMS = ("ext4", "vfat", "esp")
 STARTS = ("synced", "first", "legacy")
+# An ESP had no layout before the slots (never kept by an older ssi-boot), but holds
+# loaders a package update replaces.
+ESP_STARTS = ("synced", "first", "update")
 
 
 def enumerate_all(work: Path, kernel: Path, ramdisk: Path, seed: int,
@@ -51,8 +55,7 @@ def enumerate_all(work: Path, kernel: Path, ramdisk: Path, seed: int,
     """Every crash state of one sync per filesystem and start; the number of torn states."""
     torn = 0
     for fs in filesystems:
-        # An ESP had no layout before the slots: it was never kept by an older ssi-boot.
-        for start in STARTS if fs != "esp" else STARTS[:2]:
+        for start in STARTS if fs != "esp" else ESP_STARTS:
             started = time.monotonic()
             rec = crashstates.record(fs, work / f"states-{fs}-{start}", kernel, ramdisk,
                                      start=start)

@@ -234,6 +234,7 @@ class Expected:
     old_bootable: bool = True  # False: the partition could not boot before the sync
     # An ESP: (path, xxh3_128) of shim, then of GRUB, as the shared root has them.
     loaders: tuple[tuple[str, str], ...] = ()
+    old_loaders: tuple[tuple[str, str], ...] = ()  # the versions an update replaces
 
 
 @dataclass
@@ -589,20 +590,24 @@ def esp_view(get: Callable[[str], bytes | None], want: Expected) -> View:
     """What an ESP boots as the firmware, shim and GRUB read it.
 
     The firmware starts EFI/BOOT/BOOTX64.EFI (shim), shim starts grubx64.efi
-    beside it: both must be the shared root's, whole (want.loaders), or the
-    machine runs a torn binary. No shim: the firmware boots nothing from the
-    disk and goes on to the network ("none"; torn only where the partition
-    booted before the sync). Past shim there is no falling back: GRUB without
-    a config, or with no entry it can boot, stops at its prompt (torn). Then
+    beside it: both must be whole, the shared root's (want.loaders) or, during
+    an update, the version it replaces (want.old_loaders). Else, or with no
+    shim, the firmware boots nothing from the disk and goes on to the network
+    ("none"): torn where the partition booted before the sync, noted on a
+    first sync. Past whole loaders there is no falling back: GRUB without a
+    config, or with no entry it can boot, stops at its prompt (torn). Then
     EFI/BOOT/grub.cfg as grub_entry reads it, checked by grub-script-check too.
     """
     view = View()
+    older = dict(want.old_loaders)
     for path, digest in want.loaders:
         data = get(path)
-        if data is not None and xxhash.xxh3_128_hexdigest(data) == digest:
+        # Either version, whole (Debian signs both; shim accepts a GRUB of another version).
+        if data is not None and xxhash.xxh3_128_hexdigest(data) in (digest, older.get(path)):
             continue
         what = "missing" if data is None else f"{len(data)} bytes, not the shared root's"
-        if data is None and path == want.loaders[0][0]:
+        no_shim = data is None and path == want.loaders[0][0]
+        if no_shim:
             view.pair = "none"  # nothing for the firmware to start: it goes on to the network
         if want.old_bootable:
             view.problems.append(f"{path}: {what}")
@@ -611,7 +616,8 @@ def esp_view(get: Callable[[str], bytes | None], want: Expected) -> View:
             # image and the firmware goes on to its next boot option, the network, as
             # before the sync. Noted: an empty or partial loader is worth seeing.
             view.pair = "none"
-            view.notes.append(f"{path}: {what}")
+            if not no_shim:
+                view.notes.append(f"{path}: {what}")
         return view
     config = get(f"/{ESP_CONFIG}")
     if config is None:
@@ -851,8 +857,14 @@ def _random_file(path: Path, size: int, seed: int) -> Path:
     return path
 
 
-def _shared_root(work: Path, name: str, kernel: Path, initrd: Path) -> Path:
+def _shared_root(work: Path, name: str, kernel: Path, initrd: Path,
+                 older_loaders: bool = False) -> Path:
+    """A shared root with this pair; older_loaders: shim, MokManager and GRUB as another
+    version of their packages would be (here: the host's files, a sector appended)."""
     tree = images.shared_root_tree(work / f"{name}-tree")
+    if older_loaders:
+        for path in _loader_files(tree):
+            path.write_bytes(_older(path.read_bytes()))
     shutil.copyfile(kernel, tree / "boot" / "vmlinuz")
     shutil.copyfile(initrd, tree / "boot" / "initrd.img")
     publish_manifest(tree / "boot" / "vmlinuz", tree / "boot" / "initrd.img")
@@ -907,11 +919,16 @@ def record(fs: str, work: Path, kernel: Path, ramdisk: Path, *, start: str = "sy
       first   nothing (provisioned, never synced);
       legacy  the old pair in the layout of ssi-boot before slots
               (extlinux.conf naming ssi/vmlinuz-<hash>; written from the host;
-              not for esp, which had no layout before the slots).
+              not for esp, which had no layout before the slots);
+      update  esp only: as synced, but the priming boot's shared root held
+              other versions of shim and GRUB (esp_loaders(older=True)): the
+              recorded sync replaces them too, as after a package update.
     """
 
     if fs == "esp" and start == "legacy":
         raise ValueError("an ESP has no layout before the slots")
+    if fs != "esp" and start == "update":
+        raise ValueError("only an ESP holds loaders the sync updates")
     work.mkdir(parents=True, exist_ok=True)
     if pairs is None:
         pairs = ((_random_file(work / "old-vmlinuz", 1400 * 1024, 1),
@@ -926,9 +943,10 @@ def record(fs: str, work: Path, kernel: Path, ramdisk: Path, *, start: str = "sy
     both_mib = sum(p.stat().st_size for p in (*old, *new)) >> 20
     done = provision(base, fs=fs, size_mib=max(DISK_MIB, both_mib + 24),
                      label=cluster.BOOT_LABEL)
-    if start == "synced":
-        env = _boot_node2(kernel, ramdisk, _shared_root(work, "old", *old), base,
-                          work / f"{fs}-{start}-priming.log", None, timeout)
+    if start in ("synced", "update"):
+        env = _boot_node2(kernel, ramdisk,
+                          _shared_root(work, "old", *old, older_loaders=start == "update"),
+                          base, work / f"{fs}-{start}-priming.log", None, timeout)
         if env.get("SSI_SYNC") != "updated":
             raise AssertionError(f"the priming boot did not sync: {env}")
     elif start == "legacy":
@@ -947,14 +965,26 @@ def record(fs: str, work: Path, kernel: Path, ramdisk: Path, *, start: str = "sy
     hashes = [xxhash.xxh3_128_hexdigest(p.read_bytes()) for p in (*old, *new)]
     want = Expected((hashes[0], hashes[1]), (hashes[2], hashes[3]), append, append,
                     old_bootable=start != "first",
-                    loaders=esp_loaders() if fs == "esp" else ())
+                    loaders=esp_loaders() if fs == "esp" else (),
+                    old_loaders=esp_loaders(older=True) if start == "update" else ())
     return Recording(fs, base, log, done.start, done.size, want, console)
 
 
-def esp_loaders() -> tuple[tuple[str, str], ...]:
+def _older(data: bytes) -> bytes:
+    return data + b"\xa5" * SECTOR
+
+
+def _loader_files(tree: Path) -> list[Path]:
+    """The loaders a shared root tree holds at Debian's paths."""
+    return [p for _t, src, _r in ESP_LOADERS if (p := tree / src.lstrip("/")).is_file()]
+
+
+def esp_loaders(older: bool = False) -> tuple[tuple[str, str], ...]:
     """(path on the ESP, xxh3_128) of shim, then GRUB: the host's files at Debian's paths,
-    which images.shared_root_tree copies into every shared root."""
-    found = {target: xxhash.xxh3_128_hexdigest(Path(src).read_bytes())
+    which images.shared_root_tree copies into every shared root; older: as
+    _shared_root(older_loaders=True) changes them."""
+    change = _older if older else bytes
+    found = {target: xxhash.xxh3_128_hexdigest(change(Path(src).read_bytes()))
              for target, src, required in ESP_LOADERS if required}
     return tuple(sorted(found.items(), key=lambda item: not item[0].endswith("BOOTX64.EFI")))
 

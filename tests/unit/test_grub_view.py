@@ -5,6 +5,7 @@ the firmware's view of shim and GRUB. No VM, no disk image: configs and dictiona
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 import subprocess
@@ -132,7 +133,8 @@ def test_the_firmware_view_shim_then_grub_then_the_config() -> None:
     for changes in ({"shim": None}, {"shim": b""}, {"shim": FILES["shim"][:-1]},
                     {"grub": None}, {"grub": b""}):
         view = esp_view(esp(**changes).get, want(old_bootable=False))  # type: ignore[arg-type]
-        assert (view.pair, view.problems) == ("none", []) and view.notes, changes
+        assert (view.pair, view.problems) == ("none", []), changes
+        assert bool(view.notes) == (changes != {"shim": None}), changes  # no shim: as before
         view = esp_view(esp(**changes).get, want())  # type: ignore[arg-type]
         assert view.problems and not view.notes, changes
     # Past whole loaders nothing falls back: GRUB without its config stops at its prompt.
@@ -140,3 +142,12 @@ def test_the_firmware_view_shim_then_grub_then_the_config() -> None:
     # The entry's arguments must be the pair's.
     other = GRUB_ESP.render(local("b", "k2", "i2", APPEND + " extra"), "b")
     assert esp_view(esp(config=other).get, want()).problems
+
+
+def test_during_an_update_either_version_of_each_loader_is_whole() -> None:
+    older = dataclasses.replace(want(), old_loaders=((SHIM, digest("k1")),
+                                                     (GRUB, digest("i1"))))
+    mixed = esp(shim=FILES["k1"])  # the older shim beside the newer GRUB: both Debian's
+    assert esp_view(mixed.get, older).pair == "new"
+    assert esp_view(esp(grub=FILES["i1"]).get, older).problems == []
+    assert esp_view(esp(grub=FILES["i1"][:-1]).get, older).problems
