@@ -125,8 +125,7 @@ def add_busybox(arc: Archive, busybox: Path = BUSYBOX) -> list[str]:
                        hint="apt-get install busybox (or busybox-static), or pass --no-busybox")
     arc.file("bin/busybox", busybox, 0o755)
     arc.symlink("bin/sh", "busybox")
-    info = elf.read_elf(busybox)
-    return [str(busybox)] if info is not None and info.interp else []
+    return [str(busybox)] if elf.has_interp(busybox) else []
 
 
 def add_modules(arc: Archive, moddir: Path, cache: Path, firmware_dir: Path,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,35 @@ def is_elf(path: Path) -> bool:
             return f.read(4) == ELF_MAGIC
     except OSError:
         return False
+
+
+_PT_INTERP = 3
+
+
+def has_interp(path: Path) -> bool:
+    """Whether an ELF file names a program interpreter (is dynamically linked). Read
+    from its program headers with struct: a rebuild asks this of busybox and would
+    otherwise import pyelftools for it (23 ms) when its closure is cached."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 52 or head[:4] != ELF_MAGIC or head[4] not in (1, 2):
+                return False
+            end = "<" if head[5] == 1 else ">"
+            if head[4] == 2:  # ELFCLASS64
+                (phoff,) = struct.unpack_from(end + "Q", head, 32)
+                phentsize, phnum = struct.unpack_from(end + "HH", head, 54)
+            else:
+                (phoff,) = struct.unpack_from(end + "I", head, 28)
+                phentsize, phnum = struct.unpack_from(end + "HH", head, 42)
+            if phentsize < 4:
+                return False
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    return any(struct.unpack_from(end + "I", table, off)[0] == _PT_INTERP
+               for off in range(0, len(table) - 3, phentsize))
 
 
 def read_elf(path: Path) -> ElfInfo | None:

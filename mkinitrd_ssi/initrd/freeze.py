@@ -32,11 +32,9 @@ the agent and everything they import (SSI_STARTUP_PROBE, see __main__.py).
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import keyword
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -45,11 +43,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import xxhash
 
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.run import log, run
+
+if TYPE_CHECKING:
+    import ast
 
 NAME = "linuxrc"
 # Bump when the freezing recipe changes in a way the key does not see.
@@ -115,6 +117,8 @@ def sources(package: Path) -> list[Path]:
 
 
 def _trees(package: Path) -> list[tuple[Path, ast.Module]]:
+    import ast  # only a freeze parses: a rebuild hashes the sources (cache_key)
+
     out = []
     for path in sources(package):
         try:
@@ -126,6 +130,8 @@ def _trees(package: Path) -> list[tuple[Path, ast.Module]]:
 
 def import_targets(package: Path) -> set[str]:
     """Every module the package's sources import, by full name, at any depth in the code."""
+    import ast
+
     names: set[str] = set()
     for _, tree in _trees(package):
         for node in ast.walk(tree):
@@ -259,8 +265,10 @@ def _dist_infos() -> dict[str, str]:
         except OSError:
             continue
         for name in names:
-            if name.endswith(".dist-info") and name.count("-") == 1:
-                dist, version = name[:-len(".dist-info")].split("-")
+            # NAME-VERSION.dist-info: the stem has one dash (the suffix has its own).
+            stem = name.removesuffix(".dist-info")
+            if stem != name and stem.count("-") == 1:
+                dist, version = stem.split("-")
                 found.setdefault(dist.lower().replace("-", "_").replace(".", "_"), version)
     return found
 
@@ -317,7 +325,7 @@ def cache_key(package: Path, recipe: Recipe = DEFAULT) -> str:
         h.update(str(path.relative_to(package)).encode() + b"\0" + data + b"\0")
     # Upgrading a library the agent imports (xxhash) must re-freeze it too.
     infos = _dist_infos()
-    for part in (RECIPE, pyinstaller_version(infos), sys.version, platform.machine(),
+    for part in (RECIPE, pyinstaller_version(infos), sys.version, os.uname().machine,
                  " ".join(EXCLUDES), " ".join(LAZY_STDLIB), recipe.describe(),
                  RTHOOK.read_text(), STARTCACHE.read_text(), repr(_DATACLASSES_EDITS),
                  " ".join(_versions(names, package.name, infos))):

@@ -59,6 +59,23 @@ def test_reads_interp_needed_rpath_and_runpath(built: Path) -> None:
     assert elf.read_elf(built / "a.c") is None
 
 
+@pytest.mark.parametrize("path", [sys.executable, "/bin/busybox", f"/lib/{TRIPLET}/libc.so.6",
+                                  f"/lib/{TRIPLET}/libz.so.1"])
+def test_has_interp_agrees_with_pyelftools(path: str) -> None:
+    if not Path(path).is_file():
+        pytest.skip(f"{path} not on this host")
+    info = elf.read_elf(Path(path))
+    assert elf.has_interp(Path(path)) == (info is not None and info.interp is not None)
+
+
+def test_has_interp_of_what_is_not_elf(tmp_path: Path) -> None:
+    (tmp_path / "short").write_bytes(b"\x7fELF\x02")
+    (tmp_path / "text").write_text("#!/bin/sh\n")
+    assert not elf.has_interp(tmp_path / "short")
+    assert not elf.has_interp(tmp_path / "text")
+    assert not elf.has_interp(tmp_path / "absent")
+
+
 def host_sysroot(base: Path, built: Path) -> Path:
     """A sysroot with the test programs plus the host's loader and libc, laid out as on
     merged-/usr Debian (/lib and /lib64 symlinks into /usr)."""
