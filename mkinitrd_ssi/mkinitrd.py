@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compression (default: zstd); 'none' writes one single "
                         "archive, the others a few concatenated ones")
     parser.add_argument("--compress-level", type=int, metavar="N",
-                        help="zstd 1-19 (default 19: the smallest image the kernel "
-                        "reads; 9 compresses a cold build ten times faster, 0.6 MB larger) "
-                        "or gzip 1-9 (default 6)")
+                        help="zstd 1-22 (default 22: the smallest image; 9 compresses "
+                        "a cold build ten times faster, 0.6 MB larger) or gzip 1-9 "
+                        "(default 6)")
     parser.add_argument("--add-modules", action="append", type=_comma_list, default=[],
                         metavar="M1,M2", help="modules (or aliases) to ship besides the "
                         "default set; one this kernel lacks is an error")

@@ -300,27 +300,45 @@ def read_archive(raw: bytes, pos: int = 0) -> tuple[list[Member], int]:
 def read_entries(raw: bytes, pos: int = 0) -> tuple[list[Member], int, bool]:
     """Parse entries from pos up to a trailer (included) or the end of raw, which must
     then fall on an entry boundary. Returns (members, end position, trailer seen)."""
+    heads, end, trailer = _headers(raw, pos)
     members: list[Member] = []
+    for f, name, body in heads:
+        ino, mode, uid, gid, nlink, mtime, size = f[:7]
+        data = raw[body:body + size]
+        target = os.fsdecode(data) if stat.S_ISLNK(mode) else None
+        members.append(Member(name, mode, size, nlink, ino, mtime, uid, gid, (f[9], f[10]),
+                              target, data))
+    return members, end, trailer
+
+
+def scan(raw: bytes | memoryview, pos: int = 0) -> tuple[list[str], int, bool]:
+    """read_entries without the contents: (paths, end position, trailer seen). What the
+    builder checks its own output with, at the cost of the headers alone."""
+    heads, end, trailer = _headers(raw, pos)
+    return [name for _, name, _ in heads], end, trailer
+
+
+def _headers(raw: bytes | memoryview, pos: int) -> tuple[list[tuple[list[int], str, int]],
+                                                         int, bool]:
+    """The headers from pos, as (the 13 numeric fields, name, offset of the contents), up
+    to a trailer or the end of raw; then where that was, and whether it was a trailer."""
+    out: list[tuple[list[int], str, int]] = []
     while pos < len(raw):
-        head = raw[pos:pos + _HEADER_LEN]
+        head = bytes(raw[pos:pos + _HEADER_LEN])
         if len(head) < _HEADER_LEN or head[:6] not in (b"070701", b"070702"):
             raise SsiError(f"not a newc cpio header at byte {pos}")
         try:
             f = [int(head[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
         except ValueError:
             raise SsiError(f"corrupt cpio header at byte {pos}") from None
-        ino, mode, uid, gid, nlink, mtime, size = f[:7]
-        rdev = (f[9], f[10])
-        namesize = f[11]
+        size, namesize = f[6], f[11]
         name_end = pos + _HEADER_LEN + namesize
-        name = os.fsdecode(raw[pos + _HEADER_LEN:name_end - 1])
+        name = os.fsdecode(bytes(raw[pos + _HEADER_LEN:name_end - 1]))
         body = name_end + (-(name_end) & 3)
-        data = raw[body:body + size]
-        if len(data) < size:
+        if body + size > len(raw):
             raise SsiError(f"{name}: archive truncated")
         pos = body + size + (-size & 3)
         if name == TRAILER:
-            return members, pos, True
-        target = os.fsdecode(data) if stat.S_ISLNK(mode) else None
-        members.append(Member(name, mode, size, nlink, ino, mtime, uid, gid, rdev, target, data))
-    return members, pos, False
+            return out, pos, True
+        out.append((f, name, body))
+    return out, pos, False

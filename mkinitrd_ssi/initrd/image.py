@@ -3,14 +3,16 @@
 The kernel's initramfs unpacker takes compressed members laid end to end and
 feeds them all to one cpio parser; it only requires that each member end
 between two entries (init/initramfs.c: after every entry the state is Reset,
-which is what it checks at the end of a member). So the archive is cut, along
-its top directories, into a few runs of entries, each compressed on its own
-(one zstd frame, one gzip member): a rebuild after an ssitab edit recompresses
-only the small run holding /etc and takes the others (the frozen agent, the
-libraries, the modules) from a cache keyed by their exact bytes. The
-decompressed stream is still one archive with one trailer, so `zstd -dc |
-cpio -t` and lsinitramfs see everything. Inode numbers are global and depend
-on paths only, so a content edit leaves every other run's bytes unchanged.
+which is what it checks at the end of a member). So the archive is cut into a
+few runs of entries by what changes them, each compressed on its own (one zstd
+frame, one gzip member): /etc (the table, the manifest: every rebuild), the
+kernel's modules and firmware (a kernel update), and the rest (the frozen
+agent, its libraries, busybox). A rebuild after an ssitab edit recompresses
+only the small run holding /etc and takes the others from a cache keyed by
+their exact bytes. The decompressed stream is still one archive with one
+trailer, so `zstd -dc | cpio -t` and lsinitramfs see everything. Inode numbers
+are global and depend on paths only, so a content edit leaves every other
+run's bytes unchanged.
 """
 
 from __future__ import annotations
@@ -43,68 +45,56 @@ class Compression(enum.StrEnum):
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
-# zstd 19 (the strongest whose 8 MB window the kernel accepts), chosen by figures (README,
-# Benchmarks; bench_initrd.py --compressions): on the 9-module image 4.9 MB against 5.5 at
-# 9 and 7.5 with lz4 -9, for 0.04 s more unpacking in the kernel (icount) than 9; xz
-# --x86 would be 4.3 MB but unpacks 1.5 s slower. What it costs is compression time,
-# paid once: the agent, libraries and modules are cached segments, an ssitab edit
-# recompresses only etc/ (a few KB); a cold build compresses ~15 MB (17 s on 2 cores).
-DEFAULT_LEVEL = {Compression.ZSTD: 19, Compression.GZIP: 6}
-MAX_LEVEL = {Compression.ZSTD: 19, Compression.GZIP: 9}
+# zstd 22 ("ultra"), chosen by figures (README, Benchmarks; bench_initrd.py
+# --compressions): on the 9-module image 4.75 MB against 4.81 at 19 (whose 8 MB window
+# kept the agent's copy of libz from matching the library directory's), 5.5 at 9 and
+# 7.5 with lz4 -9; xz --x86 would be 4.3 MB but unpacks 1.5 s slower. Its window is no
+# burden on the node: a frame whose size is known (write_content_size) declares a window
+# of at most its own size, and the kernel allocates that, not 2^27 (lib/
+# decompress_unzstd.c takes any window up to 2^ZSTD_WINDOWLOG_MAX, then vmallocs it);
+# the largest run is ~14 MB. What it costs is compression time, paid once: the runs are
+# cached, and an ssitab edit recompresses only etc/ (a few KB).
+DEFAULT_LEVEL = {Compression.ZSTD: 22, Compression.GZIP: 6}
+MAX_LEVEL = {Compression.ZSTD: 22, Compression.GZIP: 9}
 
-# A top directory holding less than this joins its neighbours in one segment: fewer
-# frames, and a segment is only worth caching when it is costly to compress.
-SEGMENT_MIN = 1 << 20
 # What changes from one build to the next (the table, the manifest, the module list):
 # always a run of its own.
 VOLATILE = "etc"
+# What a kernel update changes: a run of its own, so that it does not recompress the
+# agent and libraries.
+KERNEL = ("lib/modules", "lib/firmware")
 # zstd's parallel jobs: fixed, so the output does not depend on the core count.
 ZSTD_JOB = 1 << 21
 CACHE_MAX_AGE = 14 * 86400
-_FORMAT = b"ssi-image-2"  # 2: each cached segment starts with its digest
+# 3: the runs of segments(); a segment is cached only once it has been seen to
+# decompress to its bytes (put()), so a cached one needs no such check again.
+_FORMAT = b"ssi-image-3"
 
 
-def _key(path: str) -> str:
-    """Segment key: the first two path components ("lib/modules", "ssi/agent")."""
-    parts = path.split("/")
-    return "/".join(parts[:2]) if len(parts) > 2 else parts[0]
+def _run(path: str) -> str:
+    """Which run a path belongs to: VOLATILE, "kernel" or "rest"."""
+    if path.split("/")[0] == VOLATILE:
+        return VOLATILE
+    if any(path == k or path.startswith(k + "/") for k in KERNEL):
+        return "kernel"
+    return "rest"
 
 
 def segments(entries: Iterable[Entry]) -> list[list[Entry]]:
-    """Cut the tree, in path order, into runs of whole keys; small keys share a run."""
+    """Cut the tree, in path order, into runs of entries that change together.
+
+    Not one run per top directory: the agent (libpython, libz, its bytecode) and
+    the libraries (glibc, libz again) compress 66 KB smaller in one zstd -22 frame
+    than apart (measured, README "Where our bytes go")."""
     ordered = sorted(entries, key=lambda e: os.fsencode(e.path))
-    by_key: list[tuple[str, list[Entry], int]] = []
-    for e in ordered:
-        k = _key(e.path)
-        if not by_key or by_key[-1][0] != k:
-            by_key.append((k, [], 0))
-        key, members, size = by_key[-1]
-        members.append(e)
-        by_key[-1] = (key, members, size + e.size)
     out: list[list[Entry]] = []
-    small: list[Entry] = []
-    for key, members, size in by_key:
-        if key.split("/")[0] == VOLATILE:
-            # Its own run, however small: an ssitab edit then recompresses a few KB, not
-            # the modules and libraries that would share a run with it (0.6 MB at -19:
-            # 0.3 s of every rebuild, measured).
-            if out and out[-1][0].path.split("/")[0] == VOLATILE:
-                out[-1] += members
-                continue
-            if small:
-                out.append(small)
-                small = []
-            out.append(members)
-            continue
-        if size < SEGMENT_MIN:
-            small += members
-            continue
-        if small:
-            out.append(small)
-            small = []
-        out.append(members)
-    if small:
-        out.append(small)
+    last = None
+    for e in ordered:
+        run = _run(e.path)
+        if run != last:
+            out.append([])
+            last = run
+        out[-1].append(e)
     return out
 
 
@@ -225,25 +215,54 @@ def build(entries: Sequence[Entry], how: Compression, epoch: int,
         newc.write_trailer(buf)
         return buf.getvalue()
     cache = cache or SegmentCache(None)
-    raws: list[bytes] = []
     segs = segments(newc.ordered)
-    for i, seg in enumerate(segs):
-        buf = io.BytesIO()
-        newc.write(seg, buf)
-        if i == len(segs) - 1:
-            newc.write_trailer(buf)
-        raws.append(buf.getvalue())
+    raws = run_bytes(newc, segs)
     found = [cache.get(raw, how, level) for raw in raws]
     todo = [i for i, data in enumerate(found) if data is None]
     # zstd and zlib release the GIL: the segments compress side by side.
     with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
         work = pool.map(lambda i: compress(raws[i], how, level), todo)
         for i, data in zip(todo, work, strict=True):
+            if decompress_segment(data, how) != raws[i]:
+                raise SsiError(f"a {how} -{level} segment does not decompress to its bytes")
             cache.put(raws[i], how, level, data)
             found[i] = data
+    check_runs(segs, raws)
     log.info("image: %d segment(s), %d from cache, %d compressed (%s -%d)", len(raws),
              len(raws) - len(todo), len(todo), how, level)
     return b"".join(d for d in found if d is not None)
+
+
+def run_bytes(newc: cpio.Newc, segs: Sequence[Sequence[Entry]]) -> list[bytes]:
+    """Each run as its part of the one archive (the last with the trailer)."""
+    raws = []
+    for i, seg in enumerate(segs):
+        buf = io.BytesIO()
+        newc.write(seg, buf)
+        if i == len(segs) - 1:
+            newc.write_trailer(buf)
+        raws.append(buf.getvalue())
+    return raws
+
+
+def check_runs(segs: Sequence[Sequence[Entry]], raws: Sequence[bytes]) -> None:
+    """Each run's bytes hold exactly its entries, whole, and only the last the trailer:
+    what the kernel needs of each compressed member. Headers alone are read."""
+    for i, (seg, raw) in enumerate(zip(segs, raws, strict=True)):
+        paths, end, trailer = cpio.scan(raw)
+        if paths != [e.path for e in seg] or end != len(raw) \
+                or trailer != (i == len(raws) - 1):
+            raise SsiError(f"segment {i} of the image does not read back as built")
+
+
+def decompress_segment(data: bytes, how: Compression) -> bytes:
+    """One whole segment as compress() made it (its size in its header)."""
+    try:
+        if how is Compression.GZIP:
+            return gzip.decompress(data)
+        return zstandard.ZstdDecompressor().decompress(data)
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:
+        raise SsiError(f"corrupt {how} segment: {e}") from None
 
 
 # --- reading -----------------------------------------------------------------------------

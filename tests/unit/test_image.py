@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from mkinitrd_ssi.errors import SsiError
-from mkinitrd_ssi.initrd import image
+from mkinitrd_ssi.initrd import cpio, image
 from mkinitrd_ssi.initrd.cpio import Archive, Entry, read_archive, read_entries
 from mkinitrd_ssi.initrd.image import Compression, SegmentCache
 
@@ -24,7 +24,6 @@ def fast_zstd(monkeypatch: pytest.MonkeyPatch) -> None:
     """What these tests check holds at any level; the lowest is the fastest."""
     monkeypatch.setitem(image.DEFAULT_LEVEL, Compression.ZSTD, 3)
     monkeypatch.setattr(image, "ZSTD_JOB", 1 << 19)  # zstd's smallest job
-    monkeypatch.setattr(image, "SEGMENT_MIN", 64 << 10)
 
 
 def make_archive(seed: int = 0, etc: bytes = b"table\n") -> Archive:
@@ -45,19 +44,19 @@ def entries(arc: Archive) -> list[Entry]:
     return list(arc.entries.values())
 
 
-def test_segments_cover_the_tree_in_order_small_keys_share_one() -> None:
+def test_segments_cover_the_tree_in_order_runs_by_what_changes_them() -> None:
     arc = make_archive()
+    arc.data("lib/firmware/x.bin", b"fw")
     segs = image.segments(entries(arc))
     flat = [e.path for seg in segs for e in seg]
     assert flat == sorted(arc.entries, key=os.fsencode)
-    keys = [sorted({image._key(e.path) for e in seg}) for seg in segs]
-    assert ["lib/modules"] in keys and ["ssi/agent"] in keys
+    tops = [sorted({"/".join(e.path.split("/")[:2]) for e in seg}) for seg in segs]
     # etc (the table, the manifest) alone, however small: an ssitab edit recompresses
-    # only it; the other small keys share runs.
-    etc = next(k for k in keys if "etc" in k)
-    assert set(etc) <= {"etc", "etc/ssi"}
-    assert any({"init", "lib"} <= set(k) for k in keys)
-    assert any("dev" in k for k in keys if "etc" not in k)
+    # only it; the kernel's modules and firmware together (a kernel update); the
+    # libraries and the agent in one run (they compress better together).
+    assert tops == [["dev", "dev/null"], ["etc", "etc/ssitab"], ["init", "lib"],
+                    ["lib/firmware", "lib/modules"],
+                    ["lib/x86_64-linux-gnu", "proc", "ssi", "ssi/agent"]]
 
 
 @pytest.mark.parametrize("how", [Compression.ZSTD, Compression.GZIP])
@@ -153,6 +152,30 @@ def test_a_damaged_cached_segment_is_rebuilt_not_shipped(tmp_path: Path) -> None
     assert warm.misses == 0
 
 
+def test_a_segment_that_does_not_decompress_to_its_bytes_is_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    real = image.compress
+    monkeypatch.setattr(image, "compress", lambda raw, how, level=None:
+                        real(raw.replace(b"table", b"tab1e"), how, level))
+    cache = SegmentCache(tmp_path / "seg")
+    with pytest.raises(SsiError, match="does not decompress to its bytes"):
+        image.build(entries(make_archive()), Compression.ZSTD, 0, cache)
+    monkeypatch.setattr(image, "compress", real)  # and the bad segment was not cached:
+    assert image.build(entries(make_archive()), Compression.ZSTD, 0, cache) == \
+        image.build(entries(make_archive()), Compression.ZSTD, 0)
+
+
+def test_runs_are_checked_entry_by_entry() -> None:
+    arc = make_archive()
+    segs = image.segments(entries(arc))
+    raws = image.run_bytes(cpio.Newc(entries(arc), 0), segs)
+    image.check_runs(segs, raws)
+    with pytest.raises(SsiError, match="segment 0 of the image"):
+        image.check_runs(segs, [raws[1], *raws[1:]])
+    with pytest.raises(SsiError, match="segment 1 of the image"):  # no trailer at the end
+        image.check_runs(segs[:2], raws[:2])
+
+
 def test_prune_drops_only_old_segments(tmp_path: Path) -> None:
     d = tmp_path / "seg"
     d.mkdir()
@@ -186,8 +209,8 @@ def test_read_image_rejects_what_is_not_an_image() -> None:
 
 
 def test_levels_are_checked_and_part_of_the_cache_key(tmp_path: Path) -> None:
-    with pytest.raises(SsiError, match="level 20 out of range for zstd"):
-        image.build(entries(make_archive()), Compression.ZSTD, 0, level=20)
+    with pytest.raises(SsiError, match="level 23 out of range for zstd"):
+        image.build(entries(make_archive()), Compression.ZSTD, 0, level=23)
     with pytest.raises(SsiError, match="level 10 out of range for gzip"):
         image.compress(b"x", Compression.GZIP, 10)
     cache = SegmentCache(tmp_path)
