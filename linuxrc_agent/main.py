@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from linuxrc_agent import cmdline as cmdline_mod
 from linuxrc_agent import (
@@ -38,9 +38,7 @@ from linuxrc_agent import (
     modules,
     mounts,
     netlink,
-    nfsroot,
     nodeenv,
-    overlay,
     partitions,
     proc,
     rescue,
@@ -52,6 +50,12 @@ from linuxrc_agent.partitions import Probed, Scanner
 from linuxrc_agent.ssitab import parse_bootdev
 from linuxrc_agent.switch_root import check_init, switch_root
 from linuxrc_agent.syscalls import MS_RDONLY, MS_REMOUNT, mount, sethostname
+
+# nfsroot and overlay are imported where an NFS root or an overlay is asked for, as
+# bootpair is where a node has the local boot flag: a node booting a block device
+# without overlay imports neither (README, Benchmarks: the agent's start-up).
+if TYPE_CHECKING:
+    from linuxrc_agent import nfsroot
 
 NEWROOT = "/newroot"
 SSITAB = "/etc/ssitab"
@@ -173,7 +177,11 @@ def wait_devices(boot: Boot) -> None:
                         ["add root=/dev/NAME, root=LABEL=..., root=UUID=..., root=PARTUUID=... "
                          "or root=nfs4:SERVER:/PATH to the kernel arguments (lilo.ssi "
                          "--cmdline)"], _seen(boot))
-    if nfsroot.is_nfs(c.root):
+    # Only an NFS root has a colon (root=nfs:SERVER:/PATH): nfsroot is not imported for
+    # a device.
+    if ":" in c.root and _is_nfs(c.root):
+        from linuxrc_agent import nfsroot
+
         # Nothing to wait for: the root comes once the network is up. The nodes are
         # made all the same, for the rescue shell and the local boot partition.
         boot.scanner.devices()
@@ -276,7 +284,7 @@ def mount_root(boot: Boot) -> None:
         console.say(f"root: using what is already mounted on {NEWROOT}")
     else:
         # Under an overlay the shared root is the lower layer, at its own place.
-        lower = overlay.LOWER if c.overlay else NEWROOT
+        lower = _lower() if c.overlay else NEWROOT
         if c.overlay and mounts.is_mountpoint(lower):
             console.say(f"root: the shared root is still mounted on {lower} from the last try")
         elif boot.nfs is not None:
@@ -324,7 +332,22 @@ def _mount_root_device(boot: Boot, target: str) -> None:
                     _mount_checks(error.errno or 0, dev, fstype, c.rootflags))
 
 
+def _is_nfs(root: str) -> bool:
+    from linuxrc_agent import nfsroot
+
+    return nfsroot.is_nfs(root)
+
+
+def _lower() -> str:
+    """Where the shared root is mounted under an overlay."""
+    from linuxrc_agent.overlay import LOWER
+
+    return LOWER
+
+
 def _mount_nfs(boot: Boot, spec: nfsroot.NfsSpec, target: str) -> None:
+    from linuxrc_agent import nfsroot
+
     c, n = boot.cmdline, boot.node
     try:
         plan = nfsroot.plan(spec, n.ip, c.rootflags, c.readonly)
@@ -355,6 +378,8 @@ def _mount_nfs(boot: Boot, spec: nfsroot.NfsSpec, target: str) -> None:
 
 
 def _mount_overlay(boot: Boot, lower: str) -> None:
+    from linuxrc_agent import overlay
+
     _ensure_filesystem(boot, "overlay")
     try:
         overlay.mount_overlay(lower, NEWROOT)
@@ -426,7 +451,7 @@ def _sync_local(boot: Boot, spec: ssitab.BootDev) -> tuple[str, str]:
     c = boot.cmdline
     # The shared root itself, not a node's view of it: under the overlay that is the
     # lower layer (the same bytes while the upper is empty, but nothing may shadow them).
-    shared = overlay.LOWER if boot.overlay else NEWROOT
+    shared = _lower() if boot.overlay else NEWROOT
     kernel = Path(shared + c.kernel)
     initrd = Path(shared + c.initrd)
     append = kargs.local_append(_read_first_line("/proc/cmdline"))
