@@ -42,7 +42,7 @@ from pathlib import Path
 from linuxrc_agent import atomic, cmdline, syscalls
 from linuxrc_agent.bootpair.engine import SyncResult, sync_boot_dir
 from linuxrc_agent.bootpair.extlinux import EXTLINUX, Extlinux, _pad, _placeholder
-from linuxrc_agent.bootpair.fileops import FsOps, hash_file
+from linuxrc_agent.bootpair.fileops import FsOps, hash_file, open_read
 from linuxrc_agent.bootpair.kargs import MAX_APPEND
 from linuxrc_agent.bootpair.pair import ROLES, SLOTS, Bootloader, FileId, LocalPair
 from linuxrc_agent.nodeenv import SyncStatus
@@ -169,8 +169,9 @@ def install_loaders(boot_dir: Path, root: Path, ops: FsOps,
                     before_write: Callable[[], None]) -> list[str]:
     """Make the ESP's loaders the shared root's, byte for byte; the names written.
 
-    Each goes in whole (temp file, fsync, rename), is read back and compared, shim
-    last; nothing is written when all are already identical.
+    Each goes in whole (temp file, fsync, rename over the old one held open, then
+    checkpoint), is read back and compared, shim last; nothing is written when all
+    are already identical.
     """
     stale = [(t, s, hash_file(s)) for t, s in loader_sources(root)
              if not _same(boot_dir / t, s)]
@@ -178,11 +179,23 @@ def install_loaders(boot_dir: Path, root: Path, ops: FsOps,
         return []
     before_write()
     for target, src, ident in stale:
-        atomic.replace(boot_dir / target, src.read_bytes(), ops=ops)
+        # FAT frees a replaced file's clusters at the rename, but its directory entry
+        # names them until the checkpoint writes the new file's in: a power cut between
+        # left a GRUB of freed clusters (vm_tests/crashstates.py, start="update"). Held
+        # open, the old file keeps its clusters until then, as the engine's old config.
+        try:
+            held: int | None = open_read(boot_dir / target)
+        except FileNotFoundError:
+            held = None
+        try:
+            atomic.replace(boot_dir / target, src.read_bytes(), ops=ops)
+            ops.checkpoint(boot_dir)
+        finally:
+            if held is not None:
+                os.close(held)
         got = _dropped_hash(boot_dir / target)
         if got != ident:
             raise OSError(errno.EIO, f"read-back differs from {src}", str(boot_dir / target))
-    ops.checkpoint(boot_dir)
     return [t for t, _s, _i in stale]
 
 
