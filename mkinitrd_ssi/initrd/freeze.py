@@ -36,10 +36,8 @@ import dataclasses
 import keyword
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -421,6 +419,9 @@ def _freeze(package: Path, dest: Path, verbose: bool, recipe: Recipe = DEFAULT) 
     entry = package / "__main__.py"
     if not entry.is_file():
         raise SsiError(f"{entry}: no such file", hint="the agent's entry script is missing")
+    import shutil  # here and in _prune: a rebuild freezes nothing
+    import tempfile
+
     work = Path(tempfile.mkdtemp(prefix=".freeze-", dir=dest.parent))
     try:
         spec = work / f"{NAME}.spec"
@@ -450,6 +451,8 @@ def _freeze(package: Path, dest: Path, verbose: bool, recipe: Recipe = DEFAULT) 
 
 
 def _prune(base: Path, keep: Path) -> None:
+    import shutil
+
     entries = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
                      key=lambda p: p.stat().st_mtime, reverse=True)
     for old in entries[KEEP:]:

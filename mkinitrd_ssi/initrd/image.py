@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import gzip
 import io
 import os
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import xxhash
@@ -115,6 +113,8 @@ def compress(raw: bytes, how: Compression, level: int | None = None) -> bytes:
     if how is Compression.NONE:
         return raw
     if how is Compression.GZIP:
+        import gzip
+
         # mtime=0 and no file name in the header: the same input, the same bytes.
         buf = io.BytesIO()
         with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=level,
@@ -219,18 +219,25 @@ def build(entries: Sequence[Entry], how: Compression, epoch: int,
     raws = run_bytes(newc, segs)
     found = [cache.get(raw, how, level) for raw in raws]
     todo = [i for i, data in enumerate(found) if data is None]
-    # zstd and zlib release the GIL: the segments compress side by side.
-    with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
-        work = pool.map(lambda i: compress(raws[i], how, level), todo)
-        for i, data in zip(todo, work, strict=True):
-            if decompress_segment(data, how) != raws[i]:
-                raise SsiError(f"a {how} -{level} segment does not decompress to its bytes")
-            cache.put(raws[i], how, level, data)
-            found[i] = data
+    for i, data in zip(todo, _compress_all([raws[i] for i in todo], how, level), strict=True):
+        if decompress_segment(data, how) != raws[i]:
+            raise SsiError(f"a {how} -{level} segment does not decompress to its bytes")
+        cache.put(raws[i], how, level, data)
+        found[i] = data
     check_runs(segs, raws)
     log.info("image: %d segment(s), %d from cache, %d compressed (%s -%d)", len(raws),
              len(raws) - len(todo), len(todo), how, level)
     return b"".join(d for d in found if d is not None)
+
+
+def _compress_all(raws: list[bytes], how: Compression, level: int) -> list[bytes]:
+    if len(raws) <= 1:  # a rebuild: etc/ alone, no pool to start
+        return [compress(raw, how, level) for raw in raws]
+    from concurrent.futures import ThreadPoolExecutor
+
+    # zstd and zlib release the GIL: the segments compress side by side.
+    with ThreadPoolExecutor(max_workers=min(len(raws), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda raw: compress(raw, how, level), raws))
 
 
 def run_bytes(newc: cpio.Newc, segs: Sequence[Sequence[Entry]]) -> list[bytes]:
@@ -259,9 +266,9 @@ def decompress_segment(data: bytes, how: Compression) -> bytes:
     """One whole segment as compress() made it (its size in its header)."""
     try:
         if how is Compression.GZIP:
-            return gzip.decompress(data)
+            return zlib.decompress(data, wbits=31)
         return zstandard.ZstdDecompressor().decompress(data)
-    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:
+    except (zlib.error, zstandard.ZstdError) as e:
         raise SsiError(f"corrupt {how} segment: {e}") from None
 
 

@@ -13,8 +13,6 @@ linuxrc_agent.kmodinfo, the reader the agent uses too.
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -226,6 +224,9 @@ class ModuleIndex:
 
 
 def decompress(src: Path, compression: str) -> bytes:
+    import gzip  # only for a kernel whose modules are compressed, once (materialize)
+    import lzma
+
     try:
         if compression == "xz":
             return lzma.decompress(src.read_bytes())

@@ -5,7 +5,6 @@ each member of the image came from (docs/architecture.md, "The ramdisk").
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 import stat
 from collections.abc import Sequence
@@ -24,8 +23,10 @@ MANIFEST = "etc/ssi/image.manifest"  # path<TAB>origin of every member: --list -
 def packaged_skel() -> Path:
     """ramdisk_skel/: package data of an installed wheel (setup.py puts it there), else the
     top-level directory of the checkout this module runs from (an editable install)."""
-    inside = importlib.resources.files("mkinitrd_ssi") / "ramdisk_skel"
-    if isinstance(inside, Path) and inside.is_dir():
+    # The package's directory, as importlib.resources.files would give it for a package
+    # on a filesystem, without its import (zipfile and more: 5 ms of every command).
+    inside = Path(__file__).resolve().parent.parent / "ramdisk_skel"
+    if inside.is_dir():
         return inside
     return Path(__file__).resolve().parent.parent.parent / "ramdisk_skel"
 
