@@ -9,6 +9,7 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -82,17 +83,37 @@ def _stamp(path: str) -> list[int]:
     return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
+def _record_path(cache: Path, kind: str, key: object) -> Path:
+    return cache / kind / f"{xxhash.xxh3_128_hexdigest(json.dumps(key).encode())}.json"
+
+
+def _load_record(path: Path) -> Any:
+    """A record _save_record wrote, while none of the paths it was read from changed."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        saved = json.loads(path.read_bytes())
+        if all(_stamp(p) == stamp for p, stamp in saved["stamps"]):
+            return saved["value"]
+    return None
+
+
+def _save_record(path: Path, value: object, sources: set[str]) -> None:
+    record = {"value": value, "stamps": [[p, _stamp(p)] for p in sorted(sources)]}
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)  # no fsync: a torn record fails to parse and is redone
+
+
 def _cached_closure(cache: Path | None, frozen: Path, elves: list[str],
                     extra_roots: list[str]) -> list[elf.Install]:
     if cache is None:
         return _closure(frozen, elves, extra_roots)
-    key = xxhash.xxh3_128_hexdigest(json.dumps([str(frozen), elves, extra_roots,
-                                                elf.DLOPENED_BY_LIBC]).encode())
-    path = cache / "closures" / f"{key}.json"
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        saved = json.loads(path.read_bytes())
-        if all(_stamp(p) == stamp for p, stamp in saved["stamps"]):
-            return [elf.Install(i, Path(src), link) for i, src, link in saved["found"]]
+    path = _record_path(cache, "closures", [str(frozen), elves, extra_roots,
+                                            elf.DLOPENED_BY_LIBC])
+    saved = _load_record(path)
+    if saved is not None:
+        return [elf.Install(i, Path(src), link) for i, src, link in saved]
     found = _closure(frozen, elves, extra_roots)
     # What the answer was read from: every file, and every directory searched (a library
     # added to one that comes first in the search path changes its mtime).
@@ -102,13 +123,7 @@ def _cached_closure(cache: Path | None, frozen: Path, elves: list[str],
     files |= {str(i.source) for i in found} | {i.path for i in found}
     inside = str(frozen) + "/"
     dirs = {os.path.dirname(f) for f in files if not f.startswith(inside)} | set(_SEARCHED)
-    stamps = [[p, _stamp(p)] for p in sorted(files | dirs)]
-    record = {"found": [[i.path, str(i.source), i.symlink] for i in found], "stamps": stamps}
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)  # no fsync: a torn record fails to parse and is redone
+    _save_record(path, [[i.path, str(i.source), i.symlink] for i in found], files | dirs)
     return found
 
 
@@ -130,8 +145,7 @@ def add_busybox(arc: Archive, busybox: Path = BUSYBOX) -> list[str]:
 
 def add_modules(arc: Archive, moddir: Path, cache: Path, firmware_dir: Path,
                 added: Sequence[str] = (), omitted: Sequence[str] = ()) -> int:
-    index = kmod.ModuleIndex(moddir)
-    sel = index.select([*kmod.DEFAULT_MODULES, *added], required=added, omit=omitted)
+    sel, dep, firmware = _cached_selection(moddir, cache, added, omitted)
     kver = moddir.name
     if sel.builtin:
         log.info("modules built into %s (nothing to load): %s", kver, " ".join(sel.builtin))
@@ -143,12 +157,12 @@ def add_modules(arc: Archive, moddir: Path, cache: Path, firmware_dir: Path,
     plain = [kmod.materialize(moddir, m, cache / "modules") for m in sel.modules]
     for m, path in zip(sel.modules, plain, strict=True):
         arc.file(f"{base}/{m.installed}", path, 0o644)
-    add_firmware(arc, firmware_dir, plain)
+    add_firmware(arc, firmware_dir, [firmware[m.relpath] for m in sel.modules])
     for name in ("modules.alias", "modules.builtin"):
         if (moddir / name).is_file():
             arc.file(f"{base}/{name}", moddir / name, 0o644)
     with arc.origin("generated"):
-        arc.data(f"{base}/modules.dep", index.ramdisk_dep(sel.modules).encode())
+        arc.data(f"{base}/modules.dep", dep.encode())
         arc.data("etc/ssi/modules", "".join(f"/{base}/{m.installed}\n"
                                              for m in sel.modules).encode())
         arc.data("etc/ssi/kver", f"{kver}\n".encode())
@@ -157,12 +171,43 @@ def add_modules(arc: Archive, moddir: Path, cache: Path, firmware_dir: Path,
     return len(sel.modules)
 
 
-def add_firmware(arc: Archive, firmware_dir: Path, modules: list[Path]) -> None:
-    """The firmware files the modules name, from the system being booted (ROOT), as the
-    kernel's loader looks for them, compressed or not, under /lib/firmware."""
+# What the selection is read from in a module directory (kmod.ModuleIndex).
+_INDEX_FILES = ("modules.dep", "modules.builtin", "modules.softdep", "modules.alias",
+                "modules.builtin.modinfo")
+
+
+def _cached_selection(moddir: Path, cache: Path, added: Sequence[str], omitted: Sequence[str]
+                      ) -> tuple[kmod.Selection, str, dict[str, list[str]]]:
+    """(the modules to carry, the ramdisk's modules.dep, the firmware each names), reused
+    while the module directory's index and the modules are unchanged: parsing modules.dep
+    and modules.alias and reading every module's .modinfo was a fifth of a rebuild."""
+    path = _record_path(cache, "modules", [str(moddir), kmod.DEFAULT_MODULES, list(added),
+                                           list(omitted)])
+    saved = _load_record(path)
+    if saved is not None:
+        mods = [kmod.Module(name, rel, tuple(deps)) for name, rel, deps in saved["modules"]]
+        sel = kmod.Selection(mods, saved["builtin"], saved["absent"], saved["dropped"])
+        return sel, saved["dep"], saved["firmware"]
+    index = kmod.ModuleIndex(moddir)
+    sel = index.select([*kmod.DEFAULT_MODULES, *added], required=added, omit=omitted)
+    firmware = {m.relpath: kmod.firmware(kmod.materialize(moddir, m, cache / "modules"))
+                for m in sel.modules}
+    dep = index.ramdisk_dep(sel.modules)
+    value = {"modules": [[m.name, m.relpath, list(m.deps)] for m in sel.modules],
+             "builtin": sel.builtin, "absent": sel.absent, "dropped": sel.dropped,
+             "dep": dep, "firmware": firmware}
+    sources = {str(moddir), *(str(moddir / f) for f in _INDEX_FILES),
+               *(str(moddir / m.relpath) for m in sel.modules)}
+    _save_record(path, value, sources)
+    return sel, dep, firmware
+
+
+def add_firmware(arc: Archive, firmware_dir: Path, wanted: list[list[str]]) -> None:
+    """The firmware files the modules name (a list for each), from the system being booted
+    (ROOT), as the kernel's loader looks for them, compressed or not, under /lib/firmware."""
     missing: list[str] = []
-    for module in modules:
-        for name in kmod.firmware(module):
+    for names in wanted:
+        for name in names:
             found = next((name + s for s in ("", ".zst", ".xz")
                           if (firmware_dir / (name + s)).is_file()), None)
             if found is None:

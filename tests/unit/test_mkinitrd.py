@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from mkinitrd_ssi.initrd import build as initrd_build
-from mkinitrd_ssi.initrd import freeze, image
+from mkinitrd_ssi.initrd import freeze, image, kmod
 from mkinitrd_ssi.initrd import skel as initrd_skel
+from mkinitrd_ssi.initrd.contents import add_modules
 from mkinitrd_ssi.initrd.cpio import Archive, Member
 from mkinitrd_ssi.initrd.image import Compression
 from mkinitrd_ssi.mkinitrd import main
@@ -502,3 +503,28 @@ def test_firmware_the_modules_name_is_shipped(root: Path,
     got = members(root / "boot/initrd-ssi.img")
     assert got["lib/firmware/vblk/fw.bin.zst"].data == b"FW"
     assert "firmware not in" in capsys.readouterr().err  # the optional one, a -v note
+
+
+def test_the_module_selection_is_reused_until_the_module_directory_changes(
+        root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "sel-cache"
+    moddir = root / "lib/modules" / KVER
+    monkeypatch.setattr(kmod, "DEFAULT_MODULES", ("virtio_blk",))
+
+    def carried() -> tuple[list[str], bytes]:
+        arc = Archive()
+        add_modules(arc, moddir, cache, root / "lib/firmware", ["loop"], [])
+        return sorted(arc.entries), arc.entries[f"lib/modules/{KVER}/modules.dep"].read()
+
+    first = carried()
+    index_made = []
+    real_index = kmod.ModuleIndex
+    monkeypatch.setattr(kmod, "ModuleIndex", lambda d: index_made.append(d) or real_index(d))
+    assert carried() == first and index_made == []  # nothing read but the stamps
+    # depmod again, a module having gained a dependency:
+    (moddir / "kernel/drivers/block/nbd.ko").write_bytes(fake_ko("nbd"))
+    dep = (moddir / "modules.dep").read_text().replace(
+        "block/loop.ko:", "block/loop.ko: kernel/drivers/block/nbd.ko")
+    (moddir / "modules.dep").write_text(dep + "kernel/drivers/block/nbd.ko:\n")
+    paths, _ = carried()
+    assert index_made == [moddir] and f"lib/modules/{KVER}/kernel/drivers/block/nbd.ko" in paths
