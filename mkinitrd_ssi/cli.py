@@ -39,6 +39,10 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+# The cluster's kernel arguments as lilo.ssi keeps them (netboot/cmdline_file.py).
+CMDLINE_FILE = "/etc/ssi/cmdline"
+
+
 def ssitab_path(args: argparse.Namespace) -> Path:
     return args.ssitab if args.ssitab is not None else Root(args.root)("/etc/ssitab")
 

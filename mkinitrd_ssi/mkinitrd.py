@@ -19,6 +19,8 @@ from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.initrd.build import BuildOptions, build, list_image
 from mkinitrd_ssi.initrd.contents import BUSYBOX
 from mkinitrd_ssi.initrd.image import Compression
+from mkinitrd_ssi.initrd.kmod import DEFAULT_MODULES
+from mkinitrd_ssi.initrd.rootfs import root_filesystems
 from mkinitrd_ssi.initrd.skel import RAMDISK_D, skel_layers
 from mkinitrd_ssi.run import log
 
@@ -91,6 +93,15 @@ def _moddir(args: argparse.Namespace, root: cli.Root) -> Path:
     return moddir
 
 
+def _root_filesystems(root: cli.Root) -> tuple[str, ...]:
+    found = root_filesystems(root)
+    for fstype, where in found.items():
+        if fstype not in DEFAULT_MODULES:
+            log.info("carrying %s, not in the default set: the shared root's filesystem (%s)",
+                     fstype, where)
+    return tuple(found)
+
+
 def options(args: argparse.Namespace, root: cli.Root) -> BuildOptions:
     return BuildOptions(
         output=args.output or root("/boot/initrd-ssi.img"),
@@ -101,6 +112,7 @@ def options(args: argparse.Namespace, root: cli.Root) -> BuildOptions:
         compress_level=args.compress_level,
         add_modules=tuple(m for group in args.add_modules for m in group),
         omit_modules=tuple(m for group in args.omit_modules for m in group),
+        root_filesystems=_root_filesystems(root),
         busybox=None if args.no_busybox else args.busybox,
         dry_run=args.dry_run,
         debug=args.debug,

@@ -44,6 +44,8 @@ class BuildOptions:
     compress: Compression = Compression.ZSTD
     compress_level: int | None = None
     add_modules: tuple[str, ...] = ()
+    # The shared root's filesystem types (rootfs.py): wanted like the defaults.
+    root_filesystems: tuple[str, ...] = ()
     omit_modules: tuple[str, ...] = ()
     busybox: Path | None = BUSYBOX  # None: no rescue shell
     dry_run: bool = False
@@ -97,7 +99,8 @@ def build(opts: BuildOptions, table: Ssitab, table_bytes: bytes,
         arc.data("etc/ssitab", table_bytes)
     with arc.origin("module"):
         n_modules = add_modules(arc, opts.moddir, cache, opts.firmware_dir,
-                                opts.add_modules, opts.omit_modules)
+                                opts.add_modules, opts.omit_modules,
+                                tuple(f"fs-{t}" for t in opts.root_filesystems))
     skel.add_skel(arc, opts.layers)
     skel.add_manifest(arc)
 

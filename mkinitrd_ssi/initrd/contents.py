@@ -144,8 +144,11 @@ def add_busybox(arc: Archive, busybox: Path = BUSYBOX) -> list[str]:
 
 
 def add_modules(arc: Archive, moddir: Path, cache: Path, firmware_dir: Path,
-                added: Sequence[str] = (), omitted: Sequence[str] = ()) -> int:
-    sel, dep, firmware = _cached_selection(moddir, cache, added, omitted)
+                added: Sequence[str] = (), omitted: Sequence[str] = (),
+                wanted: Sequence[str] = ()) -> int:
+    """added: asked for (an error when the kernel lacks one); wanted: carried beside the
+    defaults when the kernel has them as modules."""
+    sel, dep, firmware = _cached_selection(moddir, cache, added, omitted, wanted)
     kver = moddir.name
     if sel.builtin:
         log.info("modules built into %s (nothing to load): %s", kver, " ".join(sel.builtin))
@@ -176,20 +179,21 @@ _INDEX_FILES = ("modules.dep", "modules.builtin", "modules.softdep", "modules.al
                 "modules.builtin.modinfo")
 
 
-def _cached_selection(moddir: Path, cache: Path, added: Sequence[str], omitted: Sequence[str]
+def _cached_selection(moddir: Path, cache: Path, added: Sequence[str], omitted: Sequence[str],
+                      wanted: Sequence[str] = ()
                       ) -> tuple[kmod.Selection, str, dict[str, list[str]]]:
     """(the modules to carry, the ramdisk's modules.dep, the firmware each names), reused
     while the module directory's index and the modules are unchanged: parsing modules.dep
     and modules.alias and reading every module's .modinfo was a fifth of a rebuild."""
     path = _record_path(cache, "modules", [str(moddir), kmod.DEFAULT_MODULES, list(added),
-                                           list(omitted)])
+                                           list(omitted), list(wanted)])
     saved = _load_record(path)
     if saved is not None:
         mods = [kmod.Module(name, rel, tuple(deps)) for name, rel, deps in saved["modules"]]
         sel = kmod.Selection(mods, saved["builtin"], saved["absent"], saved["dropped"])
         return sel, saved["dep"], saved["firmware"]
     index = kmod.ModuleIndex(moddir)
-    sel = index.select([*kmod.DEFAULT_MODULES, *added], required=added, omit=omitted)
+    sel = index.select([*kmod.DEFAULT_MODULES, *wanted, *added], required=added, omit=omitted)
     firmware = {m.relpath: kmod.firmware(kmod.materialize(moddir, m, cache / "modules"))
                 for m in sel.modules}
     dep = index.ramdisk_dep(sel.modules)

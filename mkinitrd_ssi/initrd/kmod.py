@@ -33,8 +33,10 @@ from mkinitrd_ssi.run import log
 # (an ESP is vfat); efivarfs tells whether Secure Boot is on; overlay gives a
 # read-only shared root its per-node writable layer.
 # Not xfs: 4.2 MB (0.71 MB at zstd -19, a ninth of the default image) for roots that
-# are rarely xfs; such a root needs --add-modules xfs, as the agent's ENODEV message
-# says (README, Benchmarks: issue 14's default-image goal).
+# are rarely xfs (README, Benchmarks: issue 14's default-image goal). The shared root's
+# own type joins this set wherever the admin side names it (rootfs.py), so a cluster
+# on xfs keeps booting on defaults; --add-modules xfs for the rest, as the agent's
+# ENODEV message says.
 DEFAULT_MODULES = ("virtio_net", "virtio_blk", "virtio_pci", "virtio_scsi", "e1000", "e1000e",
                    "igb", "ixgbe", "ahci", "nvme", "sd_mod", "ext4", "vfat",
                    "nls_cp437", "nls_ascii", "nls_utf8", "nfs", "nfsv3", "nfsv4", "overlay",

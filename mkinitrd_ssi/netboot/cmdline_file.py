@@ -13,8 +13,6 @@ from mkinitrd_ssi.atomic import replace_if_changed
 from mkinitrd_ssi.errors import SsiError
 from mkinitrd_ssi.netboot.publish import check_cmdline
 
-CMDLINE_FILE = "/etc/ssi/cmdline"
-
 
 def checked(text: str) -> str:
     """--cmdline as the kernel will read it, in the spelling every config keeps."""
@@ -27,7 +25,7 @@ def checked(text: str) -> str:
 
 def cluster_cmdline(root: cli.Root, given: str | None, *, keep: bool, dry_run: bool) -> str:
     """given (kept in ROOT/etc/ssi/cmdline when keep), else the kept one."""
-    path = root(CMDLINE_FILE)
+    path = root(cli.CMDLINE_FILE)
     if given is not None:
         text = checked(given)
         if keep and not dry_run:
