@@ -4,8 +4,11 @@ Four machines boot at once under QEMU (TCG): node 1 (diskless), node 2 (local
 boot flag, its disk starting with a stale kernel and ramdisk), node 3 (diskless,
 UEFI with Secure Boot: OVMF's own PXE, shim, Debian's signed GRUB) and a
 machine whose MAC is in no table. As root they PXE-boot from real dhcpd and
-tftpd-hpa in a private network namespace; without root, QEMU's user-mode
-network (its built-in BOOTP/TFTP) stands in. Once node 2 has joined it boots
+tftpd-hpa in a private network namespace, and the shared root comes over NFS
+(nfs-ganesha on that network, `root=nfs4:` with a tmpfs overlay per node): the
+diskless machines have no disk at all, and the table says where each root came
+from. Without root, QEMU's user-mode network (its built-in BOOTP/TFTP) stands
+in and the shared root is an ext4 image on a disk of every machine. Once node 2 has joined it boots
 once more, from its disk alone, while the others finish. Live progress while
 they boot, a table at the end.
 """
@@ -28,7 +31,7 @@ from mkinitrd_ssi.lilo import main as lilo
 from mkinitrd_ssi.local.partition import provision
 from mkinitrd_ssi.mkinitrd import main as mkinitrd
 from mkinitrd_ssi.netboot.publish import EFI_BOOT_FILE, GRUB_CFG, IPXE_SCRIPT
-from vm_tests import cluster, images
+from vm_tests import cluster, images, nfs
 from vm_tests.kernel import kernel as fetch_kernel
 from vm_tests.pxe import PxeNet, pxe_network
 from vm_tests.qemu import (
@@ -45,6 +48,10 @@ from vm_tests.qemu import (
 
 REPO = Path(__file__).resolve().parent.parent
 CMDLINE = f"root=LABEL={cluster.ROOT_LABEL} console=ttyS0 panic=-1 quiet"
+# As root: no node has a disk holding the shared root. nfs-ganesha exports the tree on
+# the boot network, read-only; each node writes into a tmpfs overlay of its own.
+NFS_CMDLINE = (f"root=nfs4:{nfs.SERVER_IP}:{nfs.PSEUDO} ssi.overlay=tmpfs console=ttyS0 "
+               "panic=-1 quiet")
 
 # Console milestones, in boot order: the last one seen is the node's stage. A BIOS
 # machine never prints the UEFI chain's (OVMF's PXE, shim, GRUB's echo from grub.cfg),
@@ -112,8 +119,9 @@ def _dhcp_lines(net: PxeNet, mac: str) -> str:
     return "\n".join(line for line in net.dhcpd_output().splitlines() if mac in line)
 
 
-def prepare(work: Path) -> tuple[Path, Path, Path]:
-    """Admin tree (table, dhcpd.conf, tftpboot), shared-root image, node 2's stale disk."""
+def prepare(work: Path, nfs_root: bool) -> tuple[Path, Path, Path | None, Path]:
+    """Admin tree (table, dhcpd.conf, tftpboot), the shared root's tree and (unless it is
+    served over NFS) its ext4 image, node 2's stale disk."""
     kernel = fetch_kernel()
     admin = work / "admin"
     (admin / "etc").mkdir(parents=True)
@@ -125,20 +133,24 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
     if mkinitrd(["--root", str(admin), "--moddir", str(kernel.moddir)]) != 0:
         raise SystemExit("demo: mkinitrd.ssi failed")
     step("lilo.ssi: installing the default pair, publishing it for network boot")
-    if lilo(["--root", str(admin), "--cmdline", CMDLINE, "--no-push"]) != 0:
+    cmdline = NFS_CMDLINE if nfs_root else CMDLINE
+    if lilo(["--root", str(admin), "--cmdline", cmdline, "--no-push"]) != 0:
         raise SystemExit("demo: lilo.ssi failed")
-    step("shared root: an ext4 image whose /boot holds the default pair")
+    step("shared root: a tree whose /boot holds the default pair, "
+         + (f"exported over NFS ({cmdline.split()[0]}, a tmpfs overlay per node)" if nfs_root
+            else "as an ext4 image on a disk of every machine"))
     tree = images.shared_root_tree(work / "rootfs", kernel=admin / "boot/vmlinuz",
                                    initrd=admin / "boot/initrd.img")
     if (admin / "boot" / MANIFEST_NAME).is_file():
         shutil.copyfile(admin / "boot" / MANIFEST_NAME, tree / "boot" / MANIFEST_NAME)
-    root_img = images.ext4_image(work / "root.img", tree, size_mb=96, label=cluster.ROOT_LABEL)
+    root_img = None if nfs_root else images.ext4_image(work / "root.img", tree, size_mb=96,
+                                                        label=cluster.ROOT_LABEL)
     # Without root there are no loop devices: a FAT partition made with mtools instead.
     fs = "ext4" if os.geteuid() == 0 else "vfat"
     step(f"node 2's disk: an extlinux boot partition ({fs}, LABEL=ssiboot), empty = stale")
     disk = work / "n2-disk.img"
     provision(disk, size_mib=128, label=cluster.BOOT_LABEL, fs=fs)
-    return admin, root_img, disk
+    return admin, tree, root_img, disk
 
 
 def step(text: str) -> None:
@@ -219,19 +231,25 @@ def _kill(machine: Machine) -> None:
 
 def table(machines: list[Machine]) -> str:
     # firmware and secure boot: what the agent found (node.env), not what was configured.
-    head = ("machine", "node", "MAC", "IP", "boot path", "firmware", "secure boot", "sync",
-            "join s", "outcome", "console log")
+    head = ("machine", "node", "MAC", "IP", "boot path", "shared root", "firmware",
+            "secure boot", "sync", "join s", "outcome", "console log")
     rows = [head]
     for m in machines:
         e = m.env
         rows.append((m.name, e.get("SSI_NODE", "-") or "-", m.mac,
-                     e.get("SSI_IP", "-") or "-", m.boot_path, e.get("SSI_FIRMWARE", "-"),
+                     e.get("SSI_IP", "-") or "-", m.boot_path, _root(e), e.get("SSI_FIRMWARE", "-"),
                      e.get("SSI_SECURE_BOOT", "-"), e.get("SSI_SYNC", "-"),
                      f"{m.joined_s:.1f}" if m.joined_s else "-", m.outcome,
                      str(m.vm.log) if m.vm else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)
+
+
+def _root(env: dict[str, str]) -> str:
+    """Where the node's root came from (node.env), and its writable layer."""
+    root = env.get("SSI_ROOT") or "-"
+    return f"{root} + {env['SSI_OVERLAY']} overlay" if env.get("SSI_OVERLAY") else root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,10 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         step("not root (or --user-net): QEMU's user-mode network (built-in BOOTP/TFTP) stands "
              "in for dhcpd and tftpd; the unknown machine gets an address from it and is "
              "stopped by the agent instead")
-    admin, root_img, disk = prepare(args.workdir)
+    no_nfs = nfs.available() if use_root else "not root: no network namespace"
+    if use_root and no_nfs is not None:
+        step(f"shared root on a disk of every machine, not over NFS: {no_nfs}")
+    admin, tree, root_img, disk = prepare(args.workdir, nfs_root=no_nfs is None)
     logs = args.workdir / "logs"
     logs.mkdir()
-    shared = Disk(root_img, extra=",snapshot=on")
+    shared = [] if root_img is None else [Disk(root_img, extra=",snapshot=on")]
     stranger = Machine("stranger", cluster.MAC_UNKNOWN, "PXE")
     machines = [Machine("n1", cluster.MAC_N1, "PXE, diskless"),
                 Machine("n2", cluster.MAC_N2, "PXE, local disk"),
@@ -263,11 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with ExitStack() as stack:
         net = stack.enter_context(network(admin, args.workdir, use_root))
+        if net is not None and root_img is None:
+            stack.enter_context(nfs.nfs_server(net.netns, args.workdir / "ganesha", tree))
         step(f"booting {len(machines)} machines at once"
              + (f" on a private network ({net.ns}: dhcpd, tftpd-hpa)" if net else ""))
         for m in machines:
             stack.callback(_kill, m)
-            start(m, net, admin, [Disk(disk), shared] if m.name == "n2" else [shared], logs)
+            start(m, net, admin, [Disk(disk), *shared] if m.name == "n2" else shared, logs)
 
         def from_disk(m: Machine) -> Machine | None:
             # At once, not after the slowest (the UEFI machine): the demo waits for it once.
@@ -276,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             step("node 2 joined: again, from its local disk alone (no network boot)")
             again = Machine("n2-disk", cluster.MAC_N2, "local disk (extlinux)")
             stack.callback(_kill, again)
-            start(again, net, admin, [Disk(disk), shared], logs, netboot=False)
+            start(again, net, admin, [Disk(disk), *shared], logs, netboot=False)
             return again
 
         watch(machines, net, args.timeout, then=from_disk)

@@ -63,3 +63,15 @@ def test_a_uefi_machine_walks_its_chain_and_the_table_shows_its_firmware() -> No
     head, row = table([machine]).splitlines()
     column = head.index("firmware  secure boot  sync")
     assert row[column:].split()[:3] == ["uefi", "1", "skipped"]
+
+
+def test_the_table_says_where_each_root_came_from() -> None:
+    machine = Machine("n1", cluster.MAC_N1, "PXE, diskless")
+    machine.env = {"SSI_NODE": "1", "SSI_ROOT": "nfs4:10.77.0.1:/srv/ssiroot",
+                   "SSI_OVERLAY": "tmpfs"}
+    head, row = table([machine]).splitlines()
+    assert row[head.index("shared root"):].startswith("nfs4:10.77.0.1:/srv/ssiroot + tmpfs "
+                                                      "overlay")
+    machine.env = {"SSI_NODE": "1", "SSI_ROOT": "LABEL=ssiroot", "SSI_OVERLAY": ""}
+    head, row = table([machine]).splitlines()
+    assert row[head.index("shared root"):].split()[0] == "LABEL=ssiroot"
