@@ -10,11 +10,14 @@ APT_PACKAGES := python3-venv python3-dev gcc qemu-system-x86 qemu-utils ipxe-qem
 	isc-dhcp-server kea-dhcp4-server dnsmasq-base tftpd-hpa tftp-hpa busybox-static \
 	isc-dhcp-client cpio zstd dosfstools mtools e2fsprogs xfsprogs extlinux syslinux syslinux-common \
 	pxelinux openssh-server openssh-client iproute2 fdisk kmod binutils udev nfs-ganesha nfs-ganesha-vfs \
-	nginx-light curl shim-signed grub-efi-amd64-signed ovmf
-# Only the benchmarks': debootstrap builds the chroot holding the anchors they measure
-# against (dracut, initramfs-tools: bench/anchors.py), so nothing of those lands on the
-# host; it checks the suite's signature with the keyring, a Recommends of it.
-BENCH_APT_PACKAGES := debootstrap debian-archive-keyring
+	nginx-light curl shim-signed grub-efi-amd64-signed ovmf \
+	debootstrap debian-archive-keyring
+# debootstrap builds the real Debian shared root of vm_tests/test_real_root.py
+# (vm_tests/debianroot.py) and the benchmarks' chroot holding the anchors (dracut,
+# initramfs-tools: bench/anchors.py), so nothing of those lands on the host; it checks
+# the suite's signature with the keyring, a Recommends of it.
+# Only the benchmarks' (none left beyond APT_PACKAGES today).
+BENCH_APT_PACKAGES :=
 
 # $(call apt_install,PACKAGES) in a stamp's recipe: apt-get install those of PACKAGES not
 # installed yet (root), then touch the stamp.

@@ -24,6 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# The chroot helpers (private mount namespace, binds, debootstrap) are shared with the
+# VM tests' Debian shared root.
+from vm_tests import debianroot  # noqa: E402
+
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("dracut-core", "initramfs-tools", "busybox", "kmod", "zstd", "cpio", "udev",
@@ -32,30 +39,6 @@ PACKAGES = ("dracut-core", "initramfs-tools", "busybox", "kmod", "zstd", "cpio",
             # network-legacy module refuses to install without pgrep (procps).
             "dracut-network", "nfs-common", "procps")
 RECIPE = "1"
-
-# Runs in a private mount namespace: binds, then the chroot command, then unbinds.
-CHROOT_RUN = r"""
-set -eu
-C=$ANCHOR_CHROOT
-mounted=""
-cleanup() {
-  for m in $mounted; do umount -R -l "$m" 2>/dev/null || true; done
-}
-trap cleanup EXIT INT TERM
-bind() {  # bind SRC DEST [ro]
-  mkdir -p "$2"
-  mount --bind "$1" "$2"
-  mounted="$2 $mounted"
-  if [ "${3:-}" = ro ]; then mount -o remount,bind,ro "$2"; fi
-}
-mount --rbind /dev "$C/dev"; mounted="$C/dev $mounted"
-mount -t proc proc "$C/proc"; mounted="$C/proc $mounted"
-if [ -n "${ANCHOR_MODDIR:-}" ]; then bind "$ANCHOR_MODDIR" "$C/lib/modules/$ANCHOR_KVER" ro; fi
-if [ -n "${ANCHOR_OUT:-}" ]; then bind "$ANCHOR_OUT" "$C/bench"; fi
-chroot "$C" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
-    DEBIAN_FRONTEND=noninteractive /bin/sh -c "$ANCHOR_SCRIPT"
-"""
-
 
 def cache_root() -> Path:
     env = os.environ.get("SSI_CACHE")
@@ -109,12 +92,8 @@ def run_in_chroot(script: str, *, moddir: Path | None = None, kver: str = "",
                   timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     """Run `script` (sh) in the chroot with /dev, /proc and optionally the kernel's
     modules (read-only, at /lib/modules/KVER) and `out` (at /bench) bound in."""
-    env = {**os.environ, "ANCHOR_CHROOT": str(chroot_dir()), "ANCHOR_SCRIPT": script,
-           "ANCHOR_MODDIR": str(moddir) if moddir else "", "ANCHOR_KVER": kver,
-           "ANCHOR_OUT": str(out) if out else ""}
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           CHROOT_RUN], env=env, text=True, capture_output=capture,
-                          timeout=timeout, check=False)
+    return debianroot.run_in_chroot(chroot_dir(), script, moddir=moddir, kver=kver, out=out,
+                                    out_at="/bench", capture=capture, timeout=timeout)
 
 
 def ensure_chroot(log: Path | None = None) -> dict[str, str]:
@@ -155,13 +134,9 @@ def _update_chroot(root: Path, log: Path | None) -> None:
         root.parent.mkdir(parents=True, exist_ok=True)
         logf = log or root.parent / "chroot-build.log"
         print(f"anchors: debootstrap {SUITE} into {root} (log {logf}) ...", file=sys.stderr)
-        with open(logf, "w") as f:
-            # debootstrap mounts /proc and /sys in the target: a private namespace
-            # takes them away even if it fails half-way.
-            proc = subprocess.run(["unshare", "--mount", "--propagation", "private",
-                                   "debootstrap", "--variant=minbase", SUITE, str(root),
-                                   MIRROR], stdout=f, stderr=subprocess.STDOUT, check=False)
-        if proc.returncode != 0:
+        logf.write_text("")
+        ok = debianroot.debootstrap(root, logf, suite=SUITE, mirror=MIRROR)
+        if not ok:
             raise SystemExit(f"anchors: debootstrap failed, see {logf}")
         _apt_install(PACKAGES, logf)
         _stamp().write_text(_stamp_text())
