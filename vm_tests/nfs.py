@@ -55,6 +55,9 @@ NFS_CORE_PARAM {{
 }}
 NFSV4 {{
     Graceless = true;
+    # Owners as numbers, as the kernel's nfsd sends them to AUTH_SYS clients: the ramdisk
+    # has no idmapper, so an owner by name (root@domain) reads as nobody on the node.
+    Only_Numeric_Owners = true;
     RecoveryBackend = fs;
     RecoveryRoot = "{workdir}/recovery";
 }}

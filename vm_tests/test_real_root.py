@@ -71,10 +71,9 @@ def test_lilo_pushes_a_new_pair_to_a_node_running_a_real_debian_root(
     (tree / "boot/vmlinuz").write_bytes(kernel.vmlinuz.read_bytes())
     (tree / "boot/initrd.img").write_bytes(ramdisk.read_bytes())
 
-    # NFSv3: its owners are numbers. Over NFSv4 this ganesha names owners (root@domain),
-    # which the node's kernel, with no idmapper, maps to nobody: sshd then refuses
-    # /root/.ssh, and nothing else on a real root would be owned right either.
-    root = f"nfs:{nfs.SERVER_IP}:{nfs.PSEUDO}:vers=3"
+    # NFSv4, owners as numbers (vm_tests/nfs.py: by name, root@domain, the node's kernel,
+    # with no idmapper, would map them to nobody and sshd refuse /root/.ssh).
+    root = f"nfs4:{nfs.SERVER_IP}:{nfs.PSEUDO}"
     args = f"root={root} ssi.overlay=tmpfs init={debianroot.INIT_PATH}"
     disk = localdisk.stale_disk(tmp_path, kernel.vmlinuz, args)
     pushed = new_ramdisk(ramdisk, tmp_path)
