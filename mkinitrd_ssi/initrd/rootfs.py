@@ -17,6 +17,7 @@ required: a type built into the kernel, or one with no module, adds nothing.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from linuxrc_agent import cmdline
@@ -79,7 +80,7 @@ def mounted_type(path: Path, mountinfo: Path | None = None) -> str | None:
         fields = head.split()
         if not sep or len(fields) < 5 or not tail:
             continue
-        point = _unescape(fields[4])
+        point = unescape_mount_field(fields[4])
         if path == Path(point) or Path(point) in path.parents:
             depth = len(Path(point).parts)
             if best is None or depth >= best[0]:
@@ -87,14 +88,6 @@ def mounted_type(path: Path, mountinfo: Path | None = None) -> str | None:
     return best[1] if best else None
 
 
-def _unescape(field: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as \ooo.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+def unescape_mount_field(field: str) -> str:
+    # /proc/self/mounts, mountinfo and /proc/swaps write blanks and backslashes as octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)

@@ -30,6 +30,7 @@ from linuxrc_agent.partitions import BlockDev, Probed, Scanner, matches
 from linuxrc_agent.probe import HEAD_SIZE, Filesystem, partition_table, probe, read_at
 from linuxrc_agent.ssitab import BootDev, BootDevKind
 from linuxrc_agent.units import human_size
+from mkinitrd_ssi.initrd.rootfs import unescape_mount_field
 from mkinitrd_ssi.run import log
 
 UDEV_RUN = Path("/run/udev")
@@ -170,11 +171,6 @@ def contents(path: Path) -> str | None:
     return None
 
 
-def _unescape(field: str) -> str:
-    # /proc/self/mounts and /proc/swaps write blanks and backslashes as octal.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def _devnums(name: str) -> dict[int, str]:
     """The device numbers of a block device and of its partitions, with their names."""
     base = Path("/sys/class/block") / name
@@ -214,13 +210,13 @@ def _table_users(table: str, numbers: Mapping[int, str], what: str) -> list[str]
         words = line.split()
         if not words or not words[0].startswith("/"):
             continue
-        source = _unescape(words[0])
+        source = unescape_mount_field(words[0])
         try:
             st = os.stat(source)
         except OSError:
             continue
         if stat.S_ISBLK(st.st_mode) and st.st_rdev in numbers:
-            where = f" on {_unescape(words[1])}" if what == "mounted" else ""
+            where = f" on {unescape_mount_field(words[1])}" if what == "mounted" else ""
             users.append(f"{numbers[st.st_rdev]} is {what}{where}")
     return users
 
