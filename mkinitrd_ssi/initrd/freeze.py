@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from mkinitrd_ssi.errors import SsiError
+from mkinitrd_ssi.initrd import relink
 from mkinitrd_ssi.run import log, run
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class Recipe:
     startcache: bool = True  # what the agent's imports compile, compiled at freeze time
     lazy_dataclasses: bool = True  # dataclasses without its import of inspect
     python_options: tuple[str, ...] = ()  # e.g. ("X importtime",) for a profile
+    relink: bool = True  # libpython without the linked-in modules the agent never imports
 
     def describe(self) -> str:
         return " ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -104,7 +106,7 @@ class Recipe:
 DEFAULT = Recipe()
 # PyInstaller's defaults, as frozen before issue 14: the bench builds it beside DEFAULT.
 PLAIN = Recipe(optimize=0, zlib_level=None, trim=False, encodings=None, drop_rthooks=(),
-               hash_seed=None, startcache=False, lazy_dataclasses=False)
+               hash_seed=None, startcache=False, lazy_dataclasses=False, relink=False)
 
 
 _IMPORT_RE = re.compile(rb"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.MULTILINE)
@@ -326,7 +328,8 @@ def cache_key(package: Path, recipe: Recipe = DEFAULT) -> str:
     for part in (RECIPE, pyinstaller_version(infos), sys.version, os.uname().machine,
                  " ".join(EXCLUDES), " ".join(LAZY_STDLIB), recipe.describe(),
                  RTHOOK.read_text(), STARTCACHE.read_text(), repr(_DATACLASSES_EDITS),
-                 " ".join(_versions(names, package.name, infos))):
+                 " ".join(_versions(names, package.name, infos)),
+                 relink.stamp() if recipe.relink else ""):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 
@@ -338,6 +341,8 @@ from PyInstaller.utils.hooks import collect_submodules
 
 KEEP = {keep!r}
 DROP_RTHOOKS = {drop_rthooks!r}
+# (soname, path, libraries it no longer needs) of a relinked libpython (relink.py), or None
+RELINKED = {relinked!r}
 
 a = Analysis([{entry!r}], pathex={pathex!r},
              hiddenimports=collect_submodules({package!r}) + {hidden!r},
@@ -350,6 +355,10 @@ if KEEP is not None:
     a.binaries = [b for b in a.binaries if b[2] != "EXTENSION"
                   or b[0].split("/")[-1].split(".")[0] in KEEP
                   or b[0].rsplit(".", 2)[0].replace("/", ".") in KEEP]
+if RELINKED is not None:
+    SONAME, LIBPYTHON, GONE = RELINKED
+    a.binaries = [(b[0], LIBPYTHON if b[0] == SONAME else b[1], b[2]) for b in a.binaries
+                  if b[0] not in GONE]
 pyz = PYZ(a.pure)
 exe = EXE(pyz, a.scripts, {options!r}, exclude_binaries=True, name={name!r}, debug=False,
           bootloader_ignore_signals=False, strip=True, upx=False, console=True)
@@ -358,7 +367,8 @@ coll = COLLECT(exe, a.binaries, a.datas, strip=True, upx=False, name={name!r})
 
 
 def spec_text(package: Path, recipe: Recipe, keep: set[str] | None,
-              extra_paths: Sequence[Path] = (), hidden: Sequence[str] = ()) -> str:
+              extra_paths: Sequence[Path] = (), hidden: Sequence[str] = (),
+              relinked: relink.Relinked | None = None) -> str:
     options = [(o, None, "OPTION") for o in recipe.python_options]
     options += [("O", None, "OPTION")] * recipe.optimize
     if recipe.hash_seed is not None:
@@ -368,7 +378,9 @@ def spec_text(package: Path, recipe: Recipe, keep: set[str] | None,
         entry=str(package / "__main__.py"), package=package.name,
         pathex=[*map(str, extra_paths), str(package.parent)], hidden=list(hidden),
         rthook=str(RTHOOK), excludes=excludes(package, recipe), optimize=recipe.optimize,
-        options=options, name=NAME)
+        options=options, name=NAME,
+        relinked=None if relinked is None else (relinked.soname, str(relinked.path),
+                                                list(relinked.needed_no_more)))
 
 
 def _prepare(package: Path, recipe: Recipe, work: Path) -> str:
@@ -384,20 +396,26 @@ def _prepare(package: Path, recipe: Recipe, work: Path) -> str:
         extra.append(overrides)  # found before the standard library's
     cache = work / "startcache.bin" if recipe.startcache else None
     keep = None
-    if recipe.trim or cache is not None:
+    relinked = None
+    if recipe.trim or cache is not None or recipe.relink:
         closure, failed = study(package, cache, recipe.optimize, overrides)
         for line in failed:
             log.warning("agent: an import fails on this host too (left to the frozen check): "
                         "%s", line)
         if recipe.trim:
             keep = closure | set(LAZY_STDLIB) | {STARTCACHE_MODULE}
+        if recipe.relink:
+            try:
+                relinked = relink.relink(work, closure)
+            except SsiError as e:
+                log.warning("agent: libpython kept as it is, the relink failed: %s", e)
     if cache is not None:
         (work / f"{STARTCACHE_MODULE}.py").write_text(
             f"# Generated by mkinitrd_ssi/initrd/freeze.py from startcache.py.\n"
             f"{STARTCACHE.read_text()}\n\nDATA = {cache.read_bytes()!r}\ninstall(DATA)\n")
         extra.append(work)
         hidden.append(STARTCACHE_MODULE)
-    return spec_text(package, recipe, keep, extra, hidden)
+    return spec_text(package, recipe, keep, extra, hidden, relinked)
 
 
 def check_frozen(exe: Path, package: Path) -> None:

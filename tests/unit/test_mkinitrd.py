@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mkinitrd_ssi.initrd import build as initrd_build
-from mkinitrd_ssi.initrd import freeze, image, kmod
+from mkinitrd_ssi.initrd import freeze, image, kmod, relink
 from mkinitrd_ssi.initrd import skel as initrd_skel
 from mkinitrd_ssi.initrd.contents import add_modules
 from mkinitrd_ssi.initrd.cpio import Archive, Member
@@ -130,6 +130,24 @@ def test_ramdisk_layout(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert summary.startswith(f"{out}: written, ") and "3 modules" in summary
     assert " s" in summary and "files" in summary
     assert (root / "etc/dhcpd.conf").is_file()  # mkdhcpd ran, without a dhcpd.proto
+
+
+@pytest.mark.skipif(relink.inputs() is None or relink._compiler() is None,
+                    reason="needs Debian's libpython3-dev and a C compiler")
+def test_the_agents_libpython_has_no_module_it_never_imports(root: Path, tmp_path: Path) -> None:
+    """The image carries the relinked libpython (relink.py), not Debian's 7.7 MB one, and
+    no libexpat, which only the dropped pyexpat needed."""
+    assert build(root, "--compress", "none") == 0
+    got = members(root / "boot/initrd-ssi.img")
+    lib = tmp_path / "libpython.so"
+    found = relink.inputs()
+    assert found is not None
+    lib.write_bytes(got[f"ssi/agent/_internal/{found.soname}"].data)
+    exports = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True,
+                             text=True, check=True).stdout
+    assert "PyInit__socket" in exports and "PyInit_unicodedata" not in exports
+    assert lib.stat().st_size < 6_500_000
+    assert not any("libexpat" in p for p in got)
 
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
