@@ -10,7 +10,7 @@ Shared by vm_tests/test_power_cut.py (the suite's cuts) and bench/bench_powercut
     begun), wait a random delay, then SIGKILL QEMU: no clean shutdown, no flush;
  3. from the host, on a copy of the image, two readers: the bootloader's (no
     journal replay: debugfs -c on the unrecovered partition, the config read as
-    syslinux reads it, the two files it names hashed: vm_tests/crashstates.py)
+    syslinux reads it, the two files it names hashed: vm_tests/bootviews.py)
     and Linux's (e2fsck -fn clean, or clean after the journal alone is replayed;
     extlinux.conf names a complete pair whose files match what it records). Each
     must find the old pair or the new one, never a mix or nothing;
@@ -45,7 +45,7 @@ from linuxrc_agent.bootpair.pair import SSI_DIR
 from mkinitrd_ssi.initrd.cpio import Entry, write_newc
 from mkinitrd_ssi.local.partition import attach, local_only, mounted, provision, publish_manifest
 from mkinitrd_ssi.run import run
-from vm_tests import cluster, crashstates, images
+from vm_tests import bootviews, cluster, images
 from vm_tests.kernel import Kernel
 from vm_tests.qemu import BootTimeout, Disk, Nic, Vm, VmConfig, console_args
 
@@ -284,10 +284,10 @@ class Inspection:
 
 def loader_view(part: Path, setup: Setup, scratch: Path) -> View:
     """The partition as extlinux reads it: its blocks as they lie, no journal replayed."""
-    want = crashstates.Expected((setup.old.kernel, setup.old.initrd),
+    want = bootviews.Expected((setup.old.kernel, setup.old.initrd),
                                 (setup.new.kernel, setup.new.initrd), OLD_APPEND, NEW_APPEND)
     scratch.mkdir(parents=True, exist_ok=True)
-    seen = crashstates.view_of(crashstates.Reader("ext4", part, 0, scratch), want)
+    seen = bootviews.view_of(bootviews.Reader("ext4", part, 0, scratch), want)
     return View(pair=seen.pair, problems=seen.problems)
 
 

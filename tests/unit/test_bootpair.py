@@ -30,7 +30,7 @@ from linuxrc_agent.bootpair.kargs import local_append
 from linuxrc_agent.bootpair.manifest import MANIFEST_NAME, Manifest, ManifestEntry
 from linuxrc_agent.bootpair.pair import FileId, LocalPair
 from linuxrc_agent.nodeenv import SyncStatus
-from vm_tests.crashstates import syslinux_entry
+from vm_tests.bootviews import syslinux_entry
 
 APPEND = "root=LABEL=ssiroot console=ttyS0,115200 ro"
 KB = 1024

@@ -1,4 +1,4 @@
-"""The crash-state checker's reading of an ESP (vm_tests/crashstates.py: grub_entry,
+"""The crash-state checker's reading of an ESP (vm_tests/bootviews.py: grub_entry,
 esp_view): GRUB's choice of entry in the configs bootpair.esp writes, torn or not, and
 the firmware's view of shim and GRUB. No VM, no disk image: configs and dictionaries.
 """
@@ -15,7 +15,7 @@ import xxhash
 
 from linuxrc_agent.bootpair.esp import CONFIG, GRUB_ESP, grub_args
 from linuxrc_agent.bootpair.pair import FileId, LocalPair, PairMember, member_name
-from vm_tests.crashstates import Expected, esp_view, grub_entry, grub_words
+from vm_tests.bootviews import Expected, esp_view, grub_entry, grub_words
 
 APPEND = 'root=LABEL=ssiroot console=ttyS0 ro foo="a b" q={x} h=#a'
 FILES = {name: random.Random(i).randbytes(3000 + i) for i, name in
