@@ -19,11 +19,12 @@ wide and never loses or reorders a write QEMU already passed on. Here instead:
     - as the bootloader reads it (vm_tests/bootviews.py): no journal
       replay (debugfs -c on the unrecovered image; mtools for FAT), the
       config interpreted as syslinux does (DEFAULT, LABEL, LINUX, INITRD,
-      APPEND), the two files it names read and hashed; on an ESP (`esp_view`) as the firmware, shim and GRUB
-      read it: shim (EFI/BOOT/BOOTX64.EFI) and GRUB beside it whole, else the
-      firmware boots nothing from the disk; then EFI/BOOT/grub.cfg read as
-      GRUB's script lexer reads it (quotes spanning lines, `#` comments,
-      `set default`, menuentry blocks; `grub_entry`), and checked by
+      APPEND), the two files it names read and hashed; on an ESP
+      (`esp_view`) as the firmware, shim and GRUB read it: shim
+      (EFI/BOOT/BOOTX64.EFI) and GRUB beside it whole, else the firmware
+      boots nothing from the disk; then EFI/BOOT/grub.cfg read as GRUB's
+      script lexer reads it (quotes spanning lines, `#` comments, `set
+      default`, menuentry blocks; `grub_entry`), and checked by
       grub-script-check when installed;
     - as Linux reads it: the journal replayed (e2fsck -E journal_only), then
       e2fsck -fn must be clean; FAT mounted by the kernel;
