@@ -375,6 +375,12 @@ def _mount_nfs(boot: Boot, spec: nfsroot.NfsSpec, target: str) -> None:
         raise BootError(what, checks) from None
     mode = "ro" if plan.flags & MS_RDONLY else "rw"
     console.say(f"root: {spec.source} mounted over NFS {attempt.version} ({mode}) on {target}")
+    try:
+        unmapped = nfsroot.owners_unmapped(attempt, os.stat(target).st_uid)
+    except OSError:
+        unmapped = None  # the root stage's checks of /sbin/init say what is wrong
+    if unmapped is not None:
+        console.warn(unmapped)
 
 
 def _mount_overlay(boot: Boot, lower: str) -> None:

@@ -356,6 +356,25 @@ def mount_nfs(p: Plan, target: str, timeout: float, *,
         sleep(min(RETRY_INTERVAL, left))
 
 
+# The uid the kernel's NFSv4 client gives an owner name it cannot map (-2: fs/nfs/
+# nfs4xdr.c decode_attr_owner), and nobody, which an idmapper maps unknown names to.
+UNMAPPED = (0xFFFFFFFE, 65534)
+
+
+def owners_unmapped(attempt: Attempt, uid: int) -> str | None:
+    """A warning when an NFSv4 root reads as owned by no one. An NFSv4 server may send
+    owners as user@domain names; the ramdisk runs no idmapper to map them back, so every
+    file of the shared root then reads as owned by 4294967294 (sshd refuses keys, setuid
+    programs and ownership checks go wrong) although the mount itself worked."""
+    if attempt.fstype != "nfs4" or uid not in UNMAPPED:
+        return None
+    return (f"root: the shared root's / reads as owned by uid {uid} over NFS "
+            f"{attempt.version}, an owner this node could not map: the server sends owners "
+            "by name and nodes map none; have it send numbers (kernel nfsd does for AUTH_SYS "
+            "unless nfs4_disable_idmapping=N; nfs-ganesha: NFSv4 { Only_Numeric_Owners = "
+            "true; }), or mount it with nfs: (v3)")
+
+
 def explain(p: Plan, failure: NfsMountError, client: str) -> tuple[str, list[str]]:
     """What failed, naming the server, the export and the cause; and what to check."""
     spec = p.spec

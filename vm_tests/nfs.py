@@ -57,7 +57,7 @@ NFSV4 {{
     Graceless = true;
     # Owners as numbers, as the kernel's nfsd sends them to AUTH_SYS clients: the ramdisk
     # has no idmapper, so an owner by name (root@domain) reads as nobody on the node.
-    Only_Numeric_Owners = true;
+    Only_Numeric_Owners = {numeric_owners};
     RecoveryBackend = fs;
     RecoveryRoot = "{workdir}/recovery";
 }}
@@ -120,6 +120,7 @@ class NfsServer:
     pseudo: str = PSEUDO
     read_only: bool = True
     protocols: str = "3, 4"  # what the server speaks at all ("3": an NFSv3-only server)
+    numeric_owners: bool = True  # False: NFSv4 owners by name, as ganesha's default
     address: str = SERVER_IP
     proc: Proc | None = None
 
@@ -140,7 +141,8 @@ class NfsServer:
         (self.workdir / "ganesha.conf").write_text(CONFIG.format(
             nfs_port=NFS_PORT, mnt_port=MNT_PORT, workdir=self.workdir, export=self.export,
             pseudo=self.pseudo, access="RO" if self.read_only else "RW", private=PRIVATE,
-            private_client=PRIVATE_CLIENT, protocols=self.protocols))
+            private_client=PRIVATE_CLIENT, protocols=self.protocols,
+            numeric_owners=str(self.numeric_owners).lower()))
         self.log.unlink(missing_ok=True)
         self.proc = self.netns.popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", LAUNCH, "ganesha",
@@ -217,13 +219,15 @@ class NfsNet:
 
 
 @contextlib.contextmanager
-def nfs_network(workdir: Path, export: Path, *, start: bool = True) -> Iterator[NfsNet]:
-    """A namespace with a bridge at SERVER_IP/PREFIX and the server on it; all gone on exit."""
+def nfs_network(workdir: Path, export: Path, *, start: bool = True,
+                **server: object) -> Iterator[NfsNet]:
+    """A namespace with a bridge at SERVER_IP/PREFIX and the server on it (server: NfsServer
+    fields); all gone on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
     with Netns(workdir=workdir) as ns:
         bridge = ns.add_bridge(f"{SERVER_IP}/{PREFIX}")
-        with nfs_server(ns, workdir / "ganesha", export, start=start) as server:
-            yield NfsNet(ns, bridge, server)
+        with nfs_server(ns, workdir / "ganesha", export, start=start, **server) as srv:
+            yield NfsNet(ns, bridge, srv)
 
 
 def tree_digest(root: Path) -> str:

@@ -37,6 +37,7 @@ b=/bin/busybox
 $b mount -t proc proc /proc 2>/dev/null
 n=$($b hostname)
 $b grep -E ' / | /run/ssi/' /proc/mounts | $b sed 's/^/SSI-MOUNT /'
+$b stat -c 'SSI-OWNER %u:%g %n' /run/ssi/lower /run/ssi/lower/etc/motd 2>/dev/null
 if echo "written by $n" > /etc/motd 2>/dev/null && echo "$n" > "/node-$n" 2>/dev/null \\
         && $b rm /etc/remove-me 2>/dev/null; then
     gone=yes; [ -e /etc/remove-me ] && gone=no
@@ -116,6 +117,9 @@ def test_two_diskless_nodes_write_through_their_overlays_and_the_export_stays_as
         assert seen["/run/ssi/overlay"][0] == "tmpfs"
         assert re.search(r"linuxrc: .*root: 10\.77\.0\.1:/srv/ssiroot mounted over NFS 4\.2 "
                          r"\(ro\) on /run/ssi/lower", vm.output())
+        # Owners as numbers (the server's Only_Numeric_Owners): root's files are root's.
+        assert "SSI-OWNER 0:0 /run/ssi/lower/etc/motd" in vm.output()
+        assert "owned by uid" not in vm.output()
         stages = dict(w.split(":") for w in env["SSI_STAGES_MS"].split())
         assert int(stages["devices"]) < 1000  # no device to wait for
         assert "Kernel panic" not in vm.output()
@@ -183,6 +187,23 @@ def test_server_down_or_hung_at_boot_gives_the_rescue_shell_and_exit_joins_once_
     fstype, options = mounts(vm)["/run/ssi/lower"]
     assert fstype == "nfs" and "vers=3" in options
     assert "SSI-WRITE ok motd=[written by n1]" in vm.output()
+
+
+def test_an_nfs4_server_sending_owners_by_name_is_named_and_the_node_still_joins(
+        export: Path, kernel: Kernel, ramdisk: Path, vms: ExitStack, tmp_path: Path) -> None:
+    """nfs-ganesha's default: NFSv4 owners as user@domain. The ramdisk maps no names, so the
+    whole shared root reads as owned by 4294967294 (-2); the agent says so and what to
+    change."""
+    with nfs_network(tmp_path / "net", export, numeric_owners=False) as net:
+        root = net.server.root("nfs4")
+        vm = nfs_vm(vms, net, kernel, ramdisk, cluster.MAC_N1,
+                    f"root={root} ssi.overlay=tmpfs init={CHECK_INIT}", tmp_path / "n1.log")
+        env = vm.node_env(timeout=240)
+    assert (env["SSI_NODE"], env["SSI_ROOT"]) == ("1", root)
+    assert "SSI-OWNER 4294967294:4294967294 /run/ssi/lower/etc/motd" in vm.output()
+    assert re.search(r"linuxrc: .*warning: root: the shared root's / reads as owned by uid "
+                     r"4294967294 over NFS 4\.2", vm.output())
+    assert "Only_Numeric_Owners" in vm.output()
 
 
 def test_local_boot_node_syncs_its_partition_from_the_pair_on_the_nfs_root(

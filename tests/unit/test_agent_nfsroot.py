@@ -416,3 +416,17 @@ def test_bounded_mount_cuts_off_a_call_that_overstays(
         nfsroot.bounded_mount("10.77.0.1:/x", "/newroot", "nfs4", 0, "", 0.3)
     assert e.value.errno == errno.ETIMEDOUT
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(("fstype", "version", "uid", "warned"), [
+    ("nfs4", "4.2", 4294967294, True),  # what the kernel's client makes of a name (measured)
+    ("nfs4", "4.1", 65534, True),  # an idmapper's nobody
+    ("nfs4", "4.2", 0, False),
+    ("nfs", "3", 4294967294, False),  # v3 carries numbers: a real owner there
+])
+def test_an_nfs4_root_owned_by_nobody_is_named(fstype: str, version: str, uid: int,
+                                               warned: bool) -> None:
+    note = nfsroot.owners_unmapped(nfsroot.Attempt(fstype, version, ""), uid)
+    assert (note is not None) == warned
+    if note is not None:
+        assert f"uid {uid}" in note and "Only_Numeric_Owners" in note and "nfs:" in note
