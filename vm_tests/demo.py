@@ -252,6 +252,63 @@ def _root(env: dict[str, str]) -> str:
     return f"{root} + {env['SSI_OVERLAY']} overlay" if env.get("SSI_OVERLAY") else root
 
 
+def cast(admin: Path) -> list[Machine]:
+    """The demo's machines: two BIOS nodes (one diskless, one with a local disk), a UEFI
+    node with Secure Boot where OVMF and shim are installed, and a machine ssitab lacks."""
+    machines = [Machine("n1", cluster.MAC_N1, "PXE, diskless"),
+                Machine("n2", cluster.MAC_N2, "PXE, local disk"),
+                Machine("n3", cluster.MAC_N3, "PXE (OVMF, shim, GRUB), diskless", uefi=True),
+                Machine("stranger", cluster.MAC_UNKNOWN, "PXE")]
+    if (missing := uefi_missing(admin / "tftpboot")) is not None:
+        step(f"node 3 (UEFI) left out: {missing}")
+        machines = [m for m in machines if not m.uefi]
+    return machines
+
+
+def boot_all(machines: list[Machine], admin: Path, workdir: Path, use_root: bool,
+             tree: Path, root_img: Path | None, disk: Path, timeout: float) -> None:
+    """Boot every machine at once, and node 2 again from its disk once it has joined;
+    every VM is killed on the way out."""
+    logs = workdir / "logs"
+    logs.mkdir()
+    shared = [] if root_img is None else [Disk(root_img, extra=",snapshot=on")]
+    with ExitStack() as stack:
+        net = stack.enter_context(network(admin, workdir, use_root))
+        if net is not None and root_img is None:
+            stack.enter_context(nfs.nfs_server(net.netns, workdir / "ganesha", tree))
+        step(f"booting {len(machines)} machines at once"
+             + (f" on a private network ({net.ns}: dhcpd, tftpd-hpa)" if net else ""))
+        for m in machines:
+            stack.callback(_kill, m)
+            start(m, net, admin, [Disk(disk), *shared] if m.name == "n2" else shared, logs)
+
+        def from_disk(m: Machine) -> Machine | None:
+            # At once, not after the slowest (the UEFI machine): the demo waits for it once.
+            if m.name != "n2" or m.outcome != "joined":
+                return None
+            step("node 2 joined: again, from its local disk alone (no network boot)")
+            again = Machine("n2-disk", cluster.MAC_N2, "local disk (extlinux)")
+            stack.callback(_kill, again)
+            start(again, net, admin, [Disk(disk), *shared], logs, netboot=False)
+            return again
+
+        watch(machines, net, timeout, then=from_disk)
+
+
+def succeeded(machines: list[Machine]) -> bool:
+    """Every node joined (node 2 twice), the stranger got nothing, and the agent saw the
+    firmware each machine really ran."""
+    joined = {m.name for m in machines if m.outcome == "joined"}
+    expected = {"n1", "n2", "n2-disk"} | {m.name for m in machines if m.uefi}
+    strangers = [m for m in machines if m.mac == cluster.MAC_UNKNOWN]
+    stranger_ok = bool(strangers) and all(m.outcome.startswith(("no lease", "unknown node"))
+                                          for m in strangers)
+    firmware_ok = all((m.env.get("SSI_FIRMWARE"), m.env.get("SSI_SECURE_BOOT"))
+                      == (("uefi", "1") if m.uefi else ("bios", "0"))
+                      for m in machines if m.outcome == "joined")
+    return joined == expected and stranger_ok and firmware_ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=REPO / ".cache" / "demo")
@@ -270,50 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     if use_root and no_nfs is not None:
         step(f"shared root on a disk of every machine, not over NFS: {no_nfs}")
     admin, tree, root_img, disk = prepare(args.workdir, nfs_root=no_nfs is None)
-    logs = args.workdir / "logs"
-    logs.mkdir()
-    shared = [] if root_img is None else [Disk(root_img, extra=",snapshot=on")]
-    stranger = Machine("stranger", cluster.MAC_UNKNOWN, "PXE")
-    machines = [Machine("n1", cluster.MAC_N1, "PXE, diskless"),
-                Machine("n2", cluster.MAC_N2, "PXE, local disk"),
-                Machine("n3", cluster.MAC_N3, "PXE (OVMF, shim, GRUB), diskless", uefi=True),
-                stranger]
-    if (missing := uefi_missing(admin / "tftpboot")) is not None:
-        step(f"node 3 (UEFI) left out: {missing}")
-        machines = [m for m in machines if not m.uefi]
+    machines = cast(admin)
     t0 = time.monotonic()
-    with ExitStack() as stack:
-        net = stack.enter_context(network(admin, args.workdir, use_root))
-        if net is not None and root_img is None:
-            stack.enter_context(nfs.nfs_server(net.netns, args.workdir / "ganesha", tree))
-        step(f"booting {len(machines)} machines at once"
-             + (f" on a private network ({net.ns}: dhcpd, tftpd-hpa)" if net else ""))
-        for m in machines:
-            stack.callback(_kill, m)
-            start(m, net, admin, [Disk(disk), *shared] if m.name == "n2" else shared, logs)
-
-        def from_disk(m: Machine) -> Machine | None:
-            # At once, not after the slowest (the UEFI machine): the demo waits for it once.
-            if m.name != "n2" or m.outcome != "joined":
-                return None
-            step("node 2 joined: again, from its local disk alone (no network boot)")
-            again = Machine("n2-disk", cluster.MAC_N2, "local disk (extlinux)")
-            stack.callback(_kill, again)
-            start(again, net, admin, [Disk(disk), *shared], logs, netboot=False)
-            return again
-
-        watch(machines, net, args.timeout, then=from_disk)
+    boot_all(machines, admin, args.workdir, use_root, tree, root_img, disk, args.timeout)
     print()
     print(table(machines))
     print(f"\n{len(machines)} boots in {time.monotonic() - t0:.0f} s; work tree: {args.workdir}")
-    joined = {m.name for m in machines if m.outcome == "joined"}
-    expected = {"n1", "n2", "n2-disk"} | {m.name for m in machines if m.uefi}
-    stranger_ok = stranger.outcome.startswith(("no lease", "unknown node"))
-    # The agent must have seen the firmware each machine really ran.
-    firmware_ok = all((m.env.get("SSI_FIRMWARE"), m.env.get("SSI_SECURE_BOOT"))
-                      == (("uefi", "1") if m.uefi else ("bios", "0"))
-                      for m in machines if m.outcome == "joined")
-    if joined != expected or not stranger_ok or not firmware_ok:
+    if not succeeded(machines):
         print("demo: not every machine did what it should; see the console logs", file=sys.stderr)
         return 1
     return 0

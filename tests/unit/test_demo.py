@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import cast
 
 from vm_tests import cluster
-from vm_tests.demo import Machine, table
+from vm_tests.demo import Machine, succeeded, table
 from vm_tests.qemu import Vm
 
 CONSOLE = [
@@ -75,3 +75,31 @@ def test_the_table_says_where_each_root_came_from() -> None:
     machine.env = {"SSI_NODE": "1", "SSI_ROOT": "LABEL=ssiroot", "SSI_OVERLAY": ""}
     head, row = table([machine]).splitlines()
     assert row[head.index("shared root"):].split()[0] == "LABEL=ssiroot"
+
+
+def _joined(name: str, mac: str, uefi: bool = False) -> Machine:
+    m = Machine(name, mac, "PXE", uefi=uefi)
+    m.outcome = "joined"
+    m.env = {"SSI_FIRMWARE": "uefi" if uefi else "bios", "SSI_SECURE_BOOT": "1" if uefi else "0"}
+    return m
+
+
+def _run() -> list[Machine]:
+    stranger = Machine("stranger", cluster.MAC_UNKNOWN, "PXE")
+    stranger.outcome = "no lease: dhcpd refused the unknown MAC"
+    return [_joined("n1", cluster.MAC_N1), _joined("n2", cluster.MAC_N2),
+            _joined("n3", cluster.MAC_N3, uefi=True), stranger,
+            _joined("n2-disk", cluster.MAC_N2)]
+
+
+def test_the_demo_succeeds_only_when_every_machine_did_what_it_should() -> None:
+    assert succeeded(_run())
+    no_disk_boot = [m for m in _run() if m.name != "n2-disk"]
+    assert not succeeded(no_disk_boot)
+    insecure = _run()
+    insecure[2].env["SSI_SECURE_BOOT"] = "0"  # the UEFI machine booted without Secure Boot
+    assert not succeeded(insecure)
+    let_in = _run()
+    let_in[3].outcome = "joined"  # the stranger must never join
+    assert not succeeded(let_in)
+    assert not succeeded([m for m in _run() if m.name != "stranger"])
