@@ -159,11 +159,22 @@ def agent_modules(package: Path) -> list[str]:
     return out
 
 
-def excludes(package: Path, recipe: Recipe = DEFAULT) -> list[str]:
+def excludes(package: Path, recipe: Recipe = DEFAULT, keep: set[str] | None = None
+             ) -> list[str]:
+    """What PyInstaller's analysis leaves out. With `keep` (the modules the trim keeps),
+    also every top-level package of the standard library outside it: the trim would drop
+    them anyway, and PyInstaller's walk through them was half of a cold freeze (measured:
+    8.9 -> 5.4 s, the frozen tree byte for byte the same). PyInstaller's own base modules
+    (base_library.zip) stay whatever the agent imports."""
     used = imported_names(package)
     out = [m for m in EXCLUDES if m not in used]
     if recipe.encodings is not None:
         out += [f"encodings.{e}" for e in _all_encodings() if e not in recipe.encodings]
+    if keep is not None:
+        from PyInstaller.compat import PY3_BASE_MODULES
+
+        wanted = {m.split(".")[0] for m in keep} | set(PY3_BASE_MODULES) | used
+        out += sorted(m for m in sys.stdlib_module_names if m not in wanted and m not in out)
     return out
 
 
@@ -377,7 +388,7 @@ def spec_text(package: Path, recipe: Recipe, keep: set[str] | None,
         keep=None if keep is None else sorted(keep), drop_rthooks=recipe.drop_rthooks,
         entry=str(package / "__main__.py"), package=package.name,
         pathex=[*map(str, extra_paths), str(package.parent)], hidden=list(hidden),
-        rthook=str(RTHOOK), excludes=excludes(package, recipe), optimize=recipe.optimize,
+        rthook=str(RTHOOK), excludes=excludes(package, recipe, keep), optimize=recipe.optimize,
         options=options, name=NAME,
         relinked=None if relinked is None else (relinked.soname, str(relinked.path),
                                                 list(relinked.needed_no_more)))

@@ -1,4 +1,5 @@
-"""libpython linked again without the built-in modules the agent never imports."""
+"""What the freeze leaves out of the agent: built-in modules it never imports (libpython
+linked again) and the standard library PyInstaller need not walk."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from mkinitrd_ssi.errors import SsiError
-from mkinitrd_ssi.initrd import elf, relink
+from mkinitrd_ssi.initrd import build as initrd_build
+from mkinitrd_ssi.initrd import elf, freeze, relink
 
 SETUP = """\
 # Debian's Setup.local (excerpt)
@@ -87,3 +89,15 @@ def test_relinked_libpython_keeps_what_the_agent_uses_and_drops_the_rest(tmp_pat
     assert out.path.stat().st_size < found.stock.stat().st_size - 1_000_000
     # The archive's objects are not left behind in the freeze's work directory.
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([found.soname, "config.c"])
+
+
+def test_the_analysis_skips_the_standard_library_the_trim_would_drop() -> None:
+    """PyInstaller is not asked to walk what the agent never imports (half a cold freeze);
+    what it keeps, its own base modules and the agent's direct imports stay in."""
+    package = initrd_build.AGENT_PACKAGE
+    plain = set(freeze.excludes(package))
+    trimmed = set(freeze.excludes(package, keep={"re", "json", "json.decoder", "ctypes"}))
+    assert plain <= trimmed
+    assert {"email", "http", "pickle", "unicodedata", "zipfile"} <= trimmed - plain
+    assert not {"re", "json", "ctypes", "encodings", "traceback", "os"} & trimmed
+    assert not freeze.imported_names(package) & (trimmed - plain)
