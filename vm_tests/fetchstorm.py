@@ -11,6 +11,7 @@ the last client has both files; every copy is checked by size.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +46,20 @@ http {{
   }}
 }}
 """
+
+
+# nginx's default "combined" format: client, -, -, [time], "request", status, body bytes
+ACCESS_RE = re.compile(r'^(\S+) \S+ \S+ \[[^\]]*\] "GET (\S+) [^"]*" (\d{3}) (\d+)', re.M)
+
+
+def http_fetches(access_log: Path, tftpboot: Path) -> dict[str, set[str]]:
+    """Client IP -> the paths nginx sent it whole (status 200, every byte of the file)."""
+    got: dict[str, set[str]] = {}
+    for client, path, status, sent in ACCESS_RE.findall(access_log.read_text()):
+        file = tftpboot / path.lstrip("/")
+        if status == "200" and file.is_file() and int(sent) == file.stat().st_size:
+            got.setdefault(client, set()).add(path.lstrip("/"))
+    return got
 
 
 def start_nginx(ns: Netns, tftpboot: Path, tmp: Path, ip: str = SERVER_IP) -> Proc:

@@ -25,7 +25,7 @@ import pytest
 from mkinitrd_ssi.lilo import main as lilo
 from mkinitrd_ssi.netboot.publish import IPXE_SCRIPT, SETS_DIR
 from vm_tests import cluster
-from vm_tests.fetchstorm import start_nginx
+from vm_tests.fetchstorm import http_fetches, start_nginx
 from vm_tests.kernel import Kernel
 from vm_tests.netns import Netns
 from vm_tests.pxe import SERVER_IP, PxeNet, Syslog, admin_tree, pxe_network, start_tftpd
@@ -37,8 +37,6 @@ CMDLINE = f"root=LABEL={cluster.ROOT_LABEL} console=ttyS0 panic=-1 quiet"
 SERVER_B = "10.77.0.2"
 N1_IP, N3_IP = "10.77.0.11", "10.77.0.13"  # ssitab's nodes 1 and 3
 BOOT_TIMEOUT = 360  # two TCG machines on two shared cores
-# nginx's default "combined" format: client, -, -, [time], "request", status, body bytes
-ACCESS_RE = re.compile(r'^(\S+) \S+ \S+ \[[^\]]*\] "GET (\S+) [^"]*" (\d{3}) (\d+)', re.M)
 RRQ_RE = re.compile(r"RRQ from (?:::ffff:)?(\S+) filename (\S+)")
 
 
@@ -47,16 +45,6 @@ def set_dir(tftpboot: Path) -> str:
     sets = [p.name for p in (tftpboot / SETS_DIR).iterdir() if not p.name.startswith(".")]
     assert len(sets) == 1, sets
     return f"{SETS_DIR}/{sets[0]}"
-
-
-def http_fetches(access_log: Path, tftpboot: Path) -> dict[str, set[str]]:
-    """Client IP -> the paths nginx sent it whole (status 200, every byte of the file)."""
-    got: dict[str, set[str]] = {}
-    for client, path, status, sent in ACCESS_RE.findall(access_log.read_text()):
-        file = tftpboot / path.lstrip("/")
-        if status == "200" and file.is_file() and int(sent) == file.stat().st_size:
-            got.setdefault(client, set()).add(path.lstrip("/"))
-    return got
 
 
 def tftp_reads(syslog: Syslog) -> dict[str, set[str]]:

@@ -18,11 +18,12 @@ import pytest
 from linuxrc_agent.bootpair.esp import LOADERS as ESP_LOADERS
 from linuxrc_agent.cmdline import tokenize
 from mkinitrd_ssi.lilo import main as lilo
-from mkinitrd_ssi.netboot.publish import EFI_FILES
+from mkinitrd_ssi.netboot.publish import EFI_FILES, GRUB_CFG, SETS_DIR
 from mkinitrd_ssi.run import run
 from vm_tests import cluster
+from vm_tests.fetchstorm import http_fetches, start_nginx
 from vm_tests.kernel import Kernel
-from vm_tests.pxe import PxeNet, admin_tree, serving
+from vm_tests.pxe import SERVER_IP, PxeNet, admin_tree, serving
 from vm_tests.qemu import ENV_END, OVMF_DIR, Disk, Nic, Uefi, Vm, VmConfig
 
 pytestmark = [
@@ -92,6 +93,34 @@ def test_uefi_and_bios_nodes_pxe_boot_at_once_from_one_table(
         words = [(w.key, w.value) for w in tokenize(text).kernel]
         assert ("ssi.note", "a b") in words, (name, text)
     assert '"ssi.note=a b"' in cmdlines["uefi"]  # GRUB's own quoting, as measured
+
+
+def test_http_url_keeps_a_secure_boot_node_booting(
+        root_images: dict[str, Path], kernel: Kernel, ramdisk: Path, tmp_path: Path) -> None:
+    """`lilo.ssi --http-url` (for iPXE's sake) must not strand a UEFI node. grub.cfg asks
+    for the set by (http,SERVER)/PATH first, then over TFTP: Debian's signed network GRUB,
+    all a Secure Boot machine may run, has no http (found by this test: it stopped at
+    "disk `http,10.77.0.1' not found"), a GRUB with http takes the pair from nginx."""
+    http_root = admin_tree(tmp_path / "httproot", kernel.vmlinuz, ramdisk, CMDLINE,
+                           lilo_args=["--http-url", f"http://{SERVER_IP}/"])
+    tftpboot = http_root / "tftpboot"
+    assert f"(http,{SERVER_IP})/{SETS_DIR}/" in (tftpboot / GRUB_CFG).read_text()
+    with serving(http_root) as http_net, \
+            start_nginx(http_net.netns, tftpboot, http_root / "net"), \
+            http_net.node(cluster.MAC_N1, tmp_path / "n1-http.log", [shared_root(root_images)],
+                          uefi=Uefi.fresh(tmp_path / "n1-vars.fd", secure_boot=True)) as n1:
+        env = n1.node_env(BOOT_TIMEOUT)
+        console = n1.output()
+    assert (env["SSI_NODE"], env["SSI_FIRMWARE"], env["SSI_SECURE_BOOT"]) == ("1", "uefi", "1")
+    sets = [p for p in (tftpboot / SETS_DIR).iterdir() if not p.name.startswith(".")]
+    pair = {f"{SETS_DIR}/{sets[0].name}/{name}" for name in ("vmlinuz", "initrd.img")}
+    over_http = http_fetches(http_root / "net" / "nginx-access.log", tftpboot).get(
+        "10.77.0.11", set())
+    if "lilo.ssi: not over HTTP" in console:
+        assert f"disk `http,{SERVER_IP}' not found" in console  # this GRUB has no http
+        assert not over_http
+    else:
+        assert pair <= over_http
 
 
 def tampered(kernel: Path, out: Path) -> Path:

@@ -1,7 +1,10 @@
-"""lilo.ssi --http-url: iPXE and GRUB fetch the set over HTTP; kept, cleared, refused."""
+"""lilo.ssi --http-url: iPXE fetches the set over HTTP, GRUB over HTTP where it can, else
+TFTP; kept, cleared, refused."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -38,8 +41,14 @@ def test_http_url_in_ipxe_script_and_grub_config(tree: Path) -> None:
     assert f"kernel http://10.77.0.1:8080/boot/{where}/vmlinuz {CMDLINE} " in script
     assert f"initrd http://10.77.0.1:8080/boot/{where}/initrd.img\n" in script
     grub = (tree / "tftpboot/grub/grub.cfg").read_text()
-    assert f"linux (http,10.77.0.1:8080)/boot/{where}/vmlinuz {CMDLINE} " in grub
-    assert f"initrd (http,10.77.0.1:8080)/boot/{where}/initrd.img\n" in grub
+    assert f"if linux (http,10.77.0.1:8080)/boot/{where}/vmlinuz {CMDLINE} " in grub
+    assert f"  if initrd (http,10.77.0.1:8080)/boot/{where}/initrd.img; then\n" in grub
+    # A GRUB without http (Debian's signed one) falls back to TFTP, the same set.
+    assert grub.index("over TFTP") < grub.index(f"linux /{where}/vmlinuz {CMDLINE} ")
+    assert f"initrd /{where}/initrd.img\nboot\n" in grub
+    checker = shutil.which("grub-script-check")
+    if checker is not None:  # GRUB's own parser takes it (installed with grub-common)
+        subprocess.run([checker, str(tree / "tftpboot/grub/grub.cfg")], check=True)
     # PXELINUX speaks TFTP only: unchanged, relative to its TFTP server.
     assert f"KERNEL {where}/vmlinuz" in (tree / "tftpboot/pxelinux.cfg/default").read_text()
     assert (tree / "etc/ssi/http-url").read_text() == "http://10.77.0.1:8080/boot/\n"
@@ -50,7 +59,7 @@ def test_server_placeholder_becomes_each_loaders_next_server(tree: Path) -> None
     where = set_dir(tree)
     assert f"kernel http://${{next-server}}/{where}/vmlinuz " in \
         (tree / "tftpboot/ssi.ipxe").read_text()
-    assert f"linux (http,$net_default_server)/{where}/vmlinuz " in \
+    assert f"if linux (http,$net_default_server)/{where}/vmlinuz " in \
         (tree / "tftpboot/grub/grub.cfg").read_text()
 
 
